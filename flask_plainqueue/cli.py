@@ -1,0 +1,119 @@
+"""The ``flask queue`` command group."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import typing as t
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+if t.TYPE_CHECKING:
+    from .extension import PlainQueue
+
+logger = logging.getLogger(__name__)
+
+
+def make_cli(queue: PlainQueue) -> AppGroup:
+    """The ``flask queue`` group for ``queue``."""
+    group = AppGroup("queue", help="Run and inspect the flask-plainqueue task queue.")
+
+    @group.command("work")
+    @click.option(
+        "--concurrency",
+        "-c",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Claim loops in this process (default PLAINQUEUE_CONCURRENCY).",
+    )
+    @click.option("--burst", is_flag=True, help="Exit 0 once nothing is due.")
+    @click.option(
+        "--queue",
+        "-q",
+        "queues",
+        multiple=True,
+        help="Only run tasks of this queue (repeatable; default all).",
+    )
+    @click.option(
+        "--grace",
+        type=click.FloatRange(min=0),
+        default=None,
+        help="Seconds running tasks get to finish after SIGTERM/SIGINT"
+        " (default PLAINQUEUE_SHUTDOWN_GRACE).",
+    )
+    @click.option(
+        "--log-level",
+        type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+        default="INFO",
+        show_default=True,
+    )
+    def work(
+        concurrency: int | None,
+        burst: bool,
+        queues: tuple[str, ...],
+        grace: float | None,
+        log_level: str,
+    ) -> None:
+        """Run a worker in this process until SIGTERM or SIGINT.
+
+        On the first signal it stops claiming, lets running tasks finish within
+        the grace period, hands back the rest for another worker, and exits 0.
+        A second signal ends the grace period at once.
+        """
+        _configure_logging(log_level)
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        if queues:
+            known = {d.options.queue for d in queue.registry}
+            unknown = sorted(set(queues) - known)
+            if unknown:
+                raise click.BadParameter(
+                    f"no task is declared on queue(s) {', '.join(unknown)}; known"
+                    f" queues: {', '.join(sorted(known)) or '(none)'}.",
+                    param_hint="--queue",
+                )
+        worker = queue.worker(app, concurrency=concurrency, queues=queues or None)
+        signals_seen = 0
+
+        def on_signal(signum: int, frame: object) -> None:
+            nonlocal signals_seen
+            signals_seen += 1
+            name = signal.Signals(signum).name
+            if signals_seen == 1:
+                logger.info("%s received: finishing running tasks, then exiting", name)
+                worker.stop(grace)
+            else:
+                logger.info("%s received again: handing back running tasks now", name)
+                worker.stop(0)
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, on_signal)
+            signal.signal(signal.SIGINT, on_signal)
+        try:
+            worker.run(burst=burst)
+        finally:
+            queue.forget_worker(worker)
+        if worker.abandoned:
+            # Threads of abandoned sync tasks cannot be killed, and the interpreter
+            # would wait for them at exit; their rows are already handed back.
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+
+    return group
+
+
+def _configure_logging(level: str) -> None:
+    package_logger = logging.getLogger("flask_plainqueue")
+    package_logger.setLevel(level.upper())
+    if not logging.getLogger().handlers and not package_logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+        package_logger.addHandler(handler)

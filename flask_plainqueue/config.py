@@ -1,0 +1,118 @@
+"""The ``PLAINQUEUE_*`` configuration keys: their defaults and validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as t
+from collections.abc import Mapping
+
+from .exceptions import ConfigurationError
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+
+#: Every key the extension reads, with its default. ``init_app`` seeds missing keys
+#: with ``app.config.setdefault`` so ``app.config`` shows the values in effect.
+DEFAULTS: Mapping[str, t.Any] = {
+    "PLAINQUEUE_EMBEDDED_WORKER": True,
+    "PLAINQUEUE_EAGER": False,
+    "PLAINQUEUE_TASKS": [],
+    "PLAINQUEUE_POLL_INTERVAL": 1.0,
+    "PLAINQUEUE_LEASE_SECONDS": 60.0,
+    "PLAINQUEUE_TABLE": "plainqueue_tasks",
+    "PLAINQUEUE_CONCURRENCY": 1,
+    "PLAINQUEUE_SHUTDOWN_GRACE": 30.0,
+    "PLAINQUEUE_SQLITE_SYNCHRONOUS": "NORMAL",
+    "PLAINQUEUE_SQLITE_BUSY_TIMEOUT": 30.0,
+}
+
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueConfig:
+    """The validated ``PLAINQUEUE_*`` settings of one app.
+
+    Read once in :meth:`~flask_plainqueue.PlainQueue.init_app`; code reads this
+    object afterwards, never ``app.config``.
+    """
+
+    embedded_worker: bool = True
+    eager: bool = False
+    tasks: tuple[str, ...] = ()
+    poll_interval: float = 1.0
+    lease_seconds: float = 60.0
+    table: str = "plainqueue_tasks"
+    concurrency: int = 1
+    shutdown_grace: float = 30.0
+    sqlite_synchronous: str = "NORMAL"
+    sqlite_busy_timeout: float = 30.0
+
+    @classmethod
+    def from_app(cls, app: Flask) -> QueueConfig:
+        """Seed missing keys in ``app.config`` with their defaults, validate them
+        and return the frozen result.
+
+        :raises ConfigurationError: a key has a value of the wrong type or range.
+        """
+        for key, value in DEFAULTS.items():
+            app.config.setdefault(key, list(value) if isinstance(value, list) else value)
+        c = app.config
+        tasks = c["PLAINQUEUE_TASKS"]
+        if isinstance(tasks, str):
+            tasks = [tasks]
+        if not isinstance(tasks, (list, tuple)) or not all(
+            isinstance(x, str) and x for x in tasks
+        ):
+            raise ConfigurationError(
+                f"PLAINQUEUE_TASKS must be a list of module or package names,"
+                f" got {tasks!r}."
+            )
+        sync = c["PLAINQUEUE_SQLITE_SYNCHRONOUS"]
+        if not isinstance(sync, str) or sync.upper() not in _SYNCHRONOUS:
+            raise ConfigurationError(
+                f"PLAINQUEUE_SQLITE_SYNCHRONOUS must be one of {', '.join(_SYNCHRONOUS)},"
+                f" got {sync!r}."
+            )
+        table = c["PLAINQUEUE_TABLE"]
+        if not isinstance(table, str) or not table.replace("_", "").isalnum():
+            raise ConfigurationError(
+                "PLAINQUEUE_TABLE must be a table name of letters, digits and"
+                f" underscores, got {table!r}."
+            )
+        return cls(
+            embedded_worker=_bool(c, "PLAINQUEUE_EMBEDDED_WORKER"),
+            eager=_bool(c, "PLAINQUEUE_EAGER"),
+            tasks=tuple(tasks),
+            poll_interval=_seconds(c, "PLAINQUEUE_POLL_INTERVAL", positive=True),
+            lease_seconds=_seconds(c, "PLAINQUEUE_LEASE_SECONDS", positive=True),
+            table=table,
+            concurrency=_count(c, "PLAINQUEUE_CONCURRENCY"),
+            shutdown_grace=_seconds(c, "PLAINQUEUE_SHUTDOWN_GRACE"),
+            sqlite_synchronous=sync.upper(),
+            sqlite_busy_timeout=_seconds(c, "PLAINQUEUE_SQLITE_BUSY_TIMEOUT"),
+        )
+
+
+def _bool(config: Mapping[str, t.Any], key: str) -> bool:
+    value = config[key]
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{key} must be True or False, got {value!r}.")
+    return value
+
+
+def _seconds(config: Mapping[str, t.Any], key: str, *, positive: bool = False) -> float:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{key} must be a number of seconds, got {value!r}.")
+    if value < 0 or (positive and value == 0):
+        bound = "greater than 0" if positive else "0 or more"
+        raise ConfigurationError(f"{key} must be {bound} seconds, got {value!r}.")
+    return float(value)
+
+
+def _count(config: Mapping[str, t.Any], key: str) -> int:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{key} must be a whole number of 1 or more, got {value!r}.")
+    return value

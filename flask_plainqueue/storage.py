@@ -1,0 +1,423 @@
+"""All of the queue's SQL: insert, claim, complete, fail, release, inspect.
+
+Nothing here touches ``current_app``: a :class:`Storage` is built from an engine
+and the queue table, and the app's session is passed in where a statement must
+join the caller's transaction. SQLite and PostgreSQL differ only in how a write
+transaction starts (``BEGIN IMMEDIATE``) and in ``FOR UPDATE SKIP LOCKED``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import logging
+import typing as t
+from collections.abc import Iterator
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from .models import STATUS_DEAD
+from .models import STATUS_QUEUED
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimedTask:
+    """A row a worker holds under a lease."""
+
+    id: int
+    name: str
+    data: str | None
+    attempts: int
+    failed_nr: int
+    priority: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """The outcome of a failed attempt, to be written with :meth:`Storage.settle`."""
+
+    id: int
+    attempts: int
+    error: str
+    run_at: datetime.datetime
+    dead: bool
+    #: ``False`` for :class:`~flask_plainqueue.Retry`: rescheduled, not a failure.
+    counts: bool = True
+
+
+@dataclasses.dataclass
+class Outcomes:
+    """Finished attempts not yet written; written in the next write transaction."""
+
+    completed: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+    failed: list[Failure] = dataclasses.field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.completed or self.failed)
+
+    def clear(self) -> None:
+        self.completed.clear()
+        self.failed.clear()
+
+
+def configure_sqlite_engine(engine: Engine, *, synchronous: str, busy_timeout: float) -> None:
+    """Set WAL, ``synchronous`` and a busy timeout on every new SQLite connection
+    of ``engine``.
+
+    Only the pragmas are set: how the app's own sessions begin transactions is
+    left alone, and the queue takes the write lock up front
+    (``BEGIN IMMEDIATE``) only in its own write transactions.
+    """
+    timeout_ms = int(busy_timeout * 1000)
+
+    def on_connect(dbapi_connection: t.Any, connection_record: object) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {timeout_ms}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute(f"PRAGMA synchronous = {synchronous}")
+        finally:
+            cursor.close()
+
+    if not event.contains(engine, "connect", on_connect):
+        event.listen(engine, "connect", on_connect)
+    # Connections opened before the listener existed would miss the pragmas.
+    engine.dispose(close=False)
+
+
+class Storage:
+    """The queue table's statements, bound to one engine.
+
+    :param engine: the app's engine for the queue table's bind.
+    :param table: the queue table (``queue.Task.__table__``).
+    """
+
+    def __init__(self, engine: Engine, table: sa.Table) -> None:
+        self.engine = engine
+        self.table = table
+        self.dialect = engine.dialect.name
+        self.is_sqlite = self.dialect == "sqlite"
+        c = table.c
+        order = (c.priority.desc(), c.run_at, c.id)
+        self._order = order
+        due = sa.and_(c.status == STATUS_QUEUED, c.run_at <= sa.bindparam("now"))
+        self._due = due
+        self._head = (
+            sa.select(c.name)
+            .where(due, c.name.in_(sa.bindparam("names", expanding=True)))
+            .order_by(*order)
+            .limit(1)
+        )
+        self._head_q = self._head.where(c.queue.in_(sa.bindparam("queues", expanding=True)))
+        ids = (
+            sa.select(c.id)
+            .where(due, c.name == sa.bindparam("p_name"))
+            .order_by(*order)
+            .limit(sa.bindparam("limit"))
+        )
+        ids_q = ids.where(c.queue.in_(sa.bindparam("queues", expanding=True)))
+        self._claim = self._claim_statement(ids)
+        self._claim_q = self._claim_statement(ids_q)
+        self._claim_one = self._claim_statement(
+            sa.select(c.id).where(c.id == sa.bindparam("p_id"), c.status == STATUS_QUEUED),
+            skip_locked=False,
+        )
+        owned = sa.and_(
+            c.id == sa.bindparam("b_id"),
+            c.lease_owner == sa.bindparam("owner"),
+            c.attempts == sa.bindparam("b_attempts"),
+        )
+        self._owned = owned
+        self._delete_owned = sa.delete(table).where(owned)
+        self._fail = (
+            sa.update(table)
+            .where(owned)
+            .values(
+                failed_nr=c.failed_nr + sa.bindparam("b_inc"),
+                failed_last=sa.bindparam("b_now"),
+                failed_error=sa.bindparam("b_error"),
+                run_at=sa.bindparam("b_run_at"),
+                status=sa.bindparam("b_status"),
+                lease_owner=None,
+            )
+        )
+        self._release = (
+            sa.update(table)
+            .where(
+                c.lease_owner == sa.bindparam("owner"),
+                c.id.in_(sa.bindparam("ids", expanding=True)),
+            )
+            .values(lease_owner=None, run_at=sa.bindparam("now"))
+        )
+        self._extend = (
+            sa.update(table)
+            .where(
+                c.lease_owner == sa.bindparam("owner"),
+                c.id.in_(sa.bindparam("ids", expanding=True)),
+            )
+            .values(run_at=sa.bindparam("until"))
+        )
+
+    def _claim_statement(
+        self, ids: sa.Select[tuple[int]], *, skip_locked: bool = True
+    ) -> sa.Update:
+        c = self.table.c
+        if self.dialect == "postgresql" and skip_locked:
+            # Other workers skip the rows this one is locking instead of waiting.
+            ids = ids.with_for_update(skip_locked=True)
+        return (
+            sa.update(self.table)
+            .where(c.id.in_(ids.scalar_subquery()))
+            .values(
+                lease_owner=sa.bindparam("owner"),
+                run_at=sa.bindparam("until"),
+                attempts=c.attempts + 1,
+            )
+            .returning(c.id, c.name, c.data, c.attempts, c.failed_nr, c.priority)
+        )
+
+    # -- transactions -------------------------------------------------------
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A connection in a write transaction that commits on success.
+
+        On SQLite it starts with ``BEGIN IMMEDIATE``: the write lock is taken up
+        front, so a concurrent writer waits for the busy timeout instead of
+        failing when a read transaction tries to upgrade.
+        """
+        with self.engine.connect() as conn:
+            if self.is_sqlite:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+
+    def begin_session_write(self, session: Session) -> None:
+        """Make the session's next transaction a write transaction from its start
+        (SQLite only; elsewhere nothing to do).
+
+        A session that holds a read snapshot is rolled back first, or the upgrade to
+        a writer could fail with "database is locked" without waiting.
+        """
+        if not self.is_sqlite:
+            return
+        if session.in_transaction():
+            session.rollback()
+        session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+
+    # -- enqueue ------------------------------------------------------------
+
+    def insert(self, session: Session, rows: Sequence[dict[str, t.Any]]) -> list[int]:
+        """Insert ``rows`` through ``session`` (joining its transaction) and return
+        their ids, in order, in one round trip."""
+        if not rows:
+            return []
+        c = self.table.c
+        if len(rows) == 1:
+            result = session.execute(sa.insert(self.table).returning(c.id), rows[0])
+            return [result.scalar_one()]
+        stmt = sa.insert(self.table).returning(c.id, sort_by_parameter_order=True)
+        return list(session.execute(stmt, list(rows)).scalars())
+
+    def insert_unique(self, session: Session, row: dict[str, t.Any]) -> tuple[int, bool]:
+        """Insert ``row`` unless a queued task with its name and ``unique_key``
+        exists; return the id of the new or the existing task, and whether it is
+        new. The unique index decides, so two racing processes cannot both insert.
+        """
+        c = self.table.c
+        where = sa.and_(c.unique_key.is_not(None), c.status == STATUS_QUEUED)
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        stmt = (
+            dialect_insert(self.table)
+            .values(**row)
+            .on_conflict_do_nothing(index_elements=[c.name, c.unique_key], index_where=where)
+            .returning(c.id)
+        )
+        for _ in range(10):
+            new_id = session.execute(stmt).scalar()
+            if new_id is not None:
+                return new_id, True
+            existing = session.execute(
+                sa.select(c.id).where(
+                    c.name == row["name"], c.unique_key == row["unique_key"], where
+                )
+            ).scalar()
+            if existing is not None:
+                return existing, False
+            # The conflicting task finished between the two statements: try again.
+        raise RuntimeError("could not insert or find a unique task")  # pragma: no cover
+
+    # -- worker -------------------------------------------------------------
+
+    def claim(
+        self,
+        *,
+        owner: str,
+        names: Sequence[str],
+        batch_sizes: t.Mapping[str, int],
+        now: datetime.datetime,
+        until: datetime.datetime,
+        queues: Sequence[str] | None = None,
+        outcomes: Outcomes | None = None,
+    ) -> list[ClaimedTask]:
+        """Write ``outcomes``, then claim up to one batch of due tasks of one name.
+
+        The next task in claim order (priority, then due time, then id) decides the
+        name; up to ``batch_sizes[name]`` due rows of that name are then taken in
+        one ``UPDATE ... RETURNING``. Both happen in the one write transaction that
+        also settles the previous batch, so a busy worker commits once per batch.
+        """
+        with self.write() as conn:
+            if outcomes:
+                self._settle(conn, owner, outcomes, now)
+            rows = self._claim_rows(conn, owner, names, batch_sizes, now, until, queues)
+        if outcomes:
+            # Only once committed: a failed commit leaves them to be written again.
+            outcomes.clear()
+        claimed = [ClaimedTask(*row) for row in rows]
+        # RETURNING gives no order; run the batch in claim order.
+        claimed.sort(key=lambda task: (-task.priority, task.id))
+        return claimed
+
+    def _claim_rows(
+        self,
+        conn: Connection,
+        owner: str,
+        names: Sequence[str],
+        batch_sizes: t.Mapping[str, int],
+        now: datetime.datetime,
+        until: datetime.datetime,
+        queues: Sequence[str] | None,
+    ) -> Sequence[sa.Row[t.Any]]:
+        if not names:
+            return []
+        params: dict[str, t.Any] = {"now": now}
+        if queues is not None:
+            params["queues"] = list(queues)
+        if len(names) == 1:
+            name = names[0]
+        else:
+            params["names"] = list(names)
+            head = self._head if queues is None else self._head_q
+            name = conn.execute(head, params).scalar()
+            if name is None:
+                return []
+        params.update(owner=owner, until=until, p_name=name, limit=batch_sizes[name])
+        stmt = self._claim if queues is None else self._claim_q
+        return conn.execute(stmt, params).all()
+
+    def claim_id(
+        self, *, owner: str, task_id: int, until: datetime.datetime
+    ) -> ClaimedTask | None:
+        """Claim one queued task by id, due or not (eager mode)."""
+        with self.write() as conn:
+            row = conn.execute(
+                self._claim_one, {"p_id": task_id, "owner": owner, "until": until}
+            ).first()
+        return None if row is None else ClaimedTask(*row)
+
+    def settle(self, owner: str, outcomes: Outcomes, now: datetime.datetime) -> None:
+        """Write finished attempts now (before idling or stopping)."""
+        if not outcomes:
+            return
+        with self.write() as conn:
+            self._settle(conn, owner, outcomes, now)
+        outcomes.clear()
+
+    def _settle(
+        self, conn: Connection, owner: str, outcomes: Outcomes, now: datetime.datetime
+    ) -> None:
+        if outcomes.completed:
+            conn.execute(
+                self._delete_owned,
+                [
+                    {"b_id": i, "b_attempts": a, "owner": owner}
+                    for i, a in outcomes.completed
+                ],
+            )
+        if outcomes.failed:
+            conn.execute(
+                self._fail,
+                [
+                    {
+                        "b_id": f.id,
+                        "b_attempts": f.attempts,
+                        "owner": owner,
+                        "b_inc": 1 if f.counts else 0,
+                        "b_now": now,
+                        "b_error": f.error,
+                        "b_run_at": f.run_at,
+                        "b_status": STATUS_DEAD if f.dead else STATUS_QUEUED,
+                    }
+                    for f in outcomes.failed
+                ],
+            )
+
+    def complete_in_session(self, session: Session, owner: str, task: ClaimedTask) -> bool:
+        """Delete a finished task through ``session``, so the deletion commits with
+        the session's other writes (the success callback's). Returns whether this
+        worker still held the task; if not, the caller must roll back."""
+        result = session.execute(
+            self._delete_owned,
+            {"b_id": task.id, "b_attempts": task.attempts, "owner": owner},
+        )
+        return t.cast(int, result.rowcount) == 1  # type: ignore[attr-defined]
+
+    def extend(self, owner: str, ids: Sequence[int], until: datetime.datetime) -> int:
+        """Move the lease of running tasks to ``until``; returns how many held."""
+        if not ids:
+            return 0
+        with self.write() as conn:
+            result = conn.execute(
+                self._extend, {"owner": owner, "ids": list(ids), "until": until}
+            )
+            return t.cast(int, result.rowcount)
+
+    def release(self, owner: str, ids: Sequence[int], now: datetime.datetime) -> int:
+        """Hand back tasks this worker will not finish: due at once, for anyone."""
+        if not ids:
+            return 0
+        with self.write() as conn:
+            result = conn.execute(
+                self._release, {"owner": owner, "ids": list(ids), "now": now}
+            )
+            return t.cast(int, result.rowcount)
+
+    def unknown_names(
+        self, known: Sequence[str], now: datetime.datetime, limit: int = 50
+    ) -> list[str]:
+        """Names of due tasks that no known definition will ever claim."""
+        c = self.table.c
+        stmt = (
+            sa.select(c.name)
+            .where(self._due, c.name.not_in(list(known)))
+            .group_by(c.name)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return list(conn.execute(stmt, {"now": now}).scalars())
+
+    def has_due(self, names: Sequence[str], now: datetime.datetime) -> bool:
+        """Whether a due task of one of ``names`` waits (a cheap read)."""
+        if not names:
+            return False
+        with self.engine.connect() as conn:
+            return (
+                conn.execute(self._head, {"now": now, "names": list(names)}).first()
+                is not None
+            )

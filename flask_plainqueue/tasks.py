@@ -1,0 +1,224 @@
+"""Task definitions: the decorated functions, their options and their names."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib
+import inspect
+import pkgutil
+import typing as t
+from collections.abc import Callable
+from collections.abc import Iterator
+
+from .exceptions import ConfigurationError
+from .exceptions import DuplicateTaskName
+from .exceptions import UnknownTask
+
+if t.TYPE_CHECKING:
+    from .extension import PlainQueue
+
+#: A value that survives a JSON round trip: what ``perform`` accepts as ``data``.
+JSONValue = t.Union[
+    None, bool, int, float, str, list["JSONValue"], dict[str, "JSONValue"]
+]
+
+P = t.ParamSpec("P")
+R = t.TypeVar("R")
+
+SuccessCallback = Callable[[t.Any], object]
+FailureCallback = Callable[[t.Any, BaseException], object]
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskOptions:
+    """How the worker runs one task definition."""
+
+    batch_size: int = 1
+    max_retries: int = 5
+    retry_interval: float = 3.0
+    retry_backoff: float = 1.0
+    retry_jitter: float = 0.0
+    retry_max_delay: float = 3600.0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    poll_interval: float | None = None
+    queue: str = "default"
+    priority: int = 0
+
+    def __post_init__(self) -> None:
+        _check_int("batch_size", self.batch_size, minimum=1)
+        _check_int("max_retries", self.max_retries, minimum=0)
+        _check_int("priority", self.priority, minimum=None)
+        _check_seconds("retry_interval", self.retry_interval)
+        _check_seconds("retry_max_delay", self.retry_max_delay)
+        _check_seconds("retry_jitter", self.retry_jitter)
+        if self.poll_interval is not None:
+            _check_seconds("poll_interval", self.poll_interval, positive=True)
+        if isinstance(self.retry_backoff, bool) or not isinstance(
+            self.retry_backoff, (int, float)
+        ) or self.retry_backoff < 1:
+            raise ConfigurationError(
+                f"retry_backoff must be a number of 1 or more, got {self.retry_backoff!r}."
+            )
+        if not isinstance(self.queue, str) or not self.queue:
+            raise ConfigurationError(f"queue must be a non-empty string, got {self.queue!r}.")
+        if not all(
+            isinstance(e, type) and issubclass(e, BaseException) for e in self.retry_on
+        ):
+            raise ConfigurationError(
+                f"retry_on must be a tuple of exception classes, got {self.retry_on!r}."
+            )
+
+
+def _check_int(name: str, value: object, *, minimum: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(f"{name} must be a whole number, got {value!r}.")
+    if minimum is not None and value < minimum:
+        raise ConfigurationError(f"{name} must be {minimum} or more, got {value!r}.")
+
+
+def _check_seconds(name: str, value: object, *, positive: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}.")
+    if value < 0 or (positive and value == 0):
+        raise ConfigurationError(f"{name} must not be negative or zero, got {value!r}.")
+
+
+class TaskDefinition(t.Generic[P, R]):
+    """A function registered with :meth:`PlainQueue.task`.
+
+    Calling it runs the function now, in the caller's thread; :meth:`perform`
+    stores a task for a worker to run.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        queue: PlainQueue,
+        func: Callable[P, R],
+        *,
+        name: str,
+        options: TaskOptions,
+        success: SuccessCallback | None = None,
+        failure: FailureCallback | None = None,
+    ) -> None:
+        self._queue = queue
+        #: The decorated function.
+        self.func = func
+        #: The name stored in each task row; the worker finds the function by it.
+        self.name = name
+        #: How the worker runs it.
+        self.options = options
+        #: Called with ``data`` after a successful run.
+        self.success = success
+        #: Called with ``data`` and the exception after each failed attempt.
+        self.failure = failure
+        #: Whether ``func`` is a coroutine function (run on an event loop).
+        self.is_async = inspect.iscoroutinefunction(func)
+        self.__wrapped__ = func
+        self.__doc__ = func.__doc__
+        self.__name__ = getattr(func, "__name__", name)
+        self.__qualname__ = getattr(func, "__qualname__", name)
+        self.__module__ = getattr(func, "__module__", __name__)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.func(*args, **kwargs)
+
+    def perform(
+        self,
+        data: JSONValue = None,
+        *,
+        commit: bool = True,
+        delay: float | datetime.timedelta | None = None,
+        run_at: datetime.datetime | None = None,
+        priority: int | None = None,
+        unique_key: str | None = None,
+    ) -> str:
+        """Store a task for this definition; see :meth:`PlainQueue.perform`."""
+        return self._queue.perform(
+            self,
+            data,
+            commit=commit,
+            delay=delay,
+            run_at=run_at,
+            priority=priority,
+            unique_key=unique_key,
+        )
+
+    def __repr__(self) -> str:
+        return f"<TaskDefinition {self.name!r}>"
+
+
+def default_name(func: Callable[..., object]) -> str:
+    """``module.qualname`` of ``func``, the default task name."""
+    module = getattr(func, "__module__", None) or "__main__"
+    qualname = getattr(func, "__qualname__", None) or repr(func)
+    return f"{module}.{qualname}"
+
+
+class TaskRegistry:
+    """Task definitions by name, for one :class:`PlainQueue`."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, TaskDefinition[t.Any, t.Any]] = {}
+
+    def add(self, definition: TaskDefinition[t.Any, t.Any]) -> None:
+        """Register ``definition``.
+
+        :raises DuplicateTaskName: another function already has its name.
+        """
+        existing = self._tasks.get(definition.name)
+        if existing is not None and existing.func is not definition.func:
+            raise DuplicateTaskName(
+                f"A task named {definition.name!r} is already registered (by"
+                f" {default_name(existing.func)}). Give one of them another"
+                " name with @queue.task(name=...)."
+            )
+        self._tasks[definition.name] = definition
+
+    def get(self, name: str) -> TaskDefinition[t.Any, t.Any]:
+        """The definition named ``name``.
+
+        :raises UnknownTask: nothing is registered under ``name``.
+        """
+        try:
+            return self._tasks[name]
+        except KeyError:
+            raise UnknownTask(
+                f"No task named {name!r} is registered. Import the module that"
+                " defines it, e.g. with PLAINQUEUE_TASKS."
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+    def __iter__(self) -> Iterator[TaskDefinition[t.Any, t.Any]]:
+        return iter(list(self._tasks.values()))
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def names(self) -> list[str]:
+        """The registered names, sorted."""
+        return sorted(self._tasks)
+
+
+def import_task_modules(names: t.Iterable[str]) -> None:
+    """Import each module; for a package, every module in it (recursively), so
+    the tasks they define register themselves.
+
+    :raises ConfigurationError: a name cannot be imported.
+    """
+    for name in names:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"PLAINQUEUE_TASKS names {name!r}, which cannot be imported: {exc}"
+            ) from exc
+        path = getattr(module, "__path__", None)
+        if path is None:
+            continue
+        for info in pkgutil.walk_packages(path, prefix=f"{module.__name__}."):
+            importlib.import_module(info.name)

@@ -1,0 +1,656 @@
+"""The worker: claims batches under a lease, runs them in app contexts, and
+records what happened. The only module that pushes app contexts."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+import typing as t
+import uuid
+from collections.abc import Callable
+from collections.abc import Sequence
+
+from . import signals
+from .exceptions import Retry
+from .exceptions import TaskDataError
+from .retry import is_dead
+from .retry import retry_delay
+from .storage import ClaimedTask
+from .storage import Failure
+from .storage import Outcomes
+from .storage import Storage
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
+
+    from .config import QueueConfig
+    from .tasks import TaskDefinition
+    from .tasks import TaskRegistry
+
+logger = logging.getLogger(__name__)
+
+UTC = datetime.timezone.utc
+Clock = Callable[[], datetime.datetime]
+
+#: Shortest idle wait; idle waits double from here up to the poll interval.
+MIN_IDLE = 0.01
+#: How often an idle SQLite worker asks ``PRAGMA data_version`` whether another
+#: connection committed: a cheap check instead of a query on the table.
+PROBE_INTERVAL = 0.01
+#: How often unknown task names are looked for (seconds).
+HOUSEKEEPING_INTERVAL = 60.0
+
+_COMPLETED = "completed"
+_SETTLED = "settled"
+_Outcome = t.Union[str, Failure]
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(UTC)
+
+
+def new_worker_id() -> str:
+    """``host:pid:random``, unique per worker, recorded as the lease owner."""
+    return f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def format_error(exc: BaseException) -> str:
+    """The error's type, message and traceback, as stored in ``failed_error``."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+class Worker:
+    """Claims and runs tasks for one app.
+
+    ``concurrency`` claim loops share one thread pool; each loop claims a batch
+    of up to ``batch_size`` due tasks of one name and runs them concurrently
+    (sync functions on pool threads, coroutine functions on one event loop).
+
+    :param app: the concrete Flask app whose context each task runs in.
+    :param db: the app's Flask-SQLAlchemy instance.
+    :param storage: the app's queue storage.
+    :param registry: the task definitions this worker may run.
+    :param config: the app's queue settings.
+    :param queues: only claim tasks of these queues; ``None`` means all.
+    :param clock: returns the current UTC time (tests inject their own).
+    """
+
+    def __init__(
+        self,
+        app: Flask,
+        db: SQLAlchemy,
+        storage: Storage,
+        registry: TaskRegistry,
+        config: QueueConfig,
+        *,
+        concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
+        clock: Clock = utcnow,
+        worker_id: str | None = None,
+    ) -> None:
+        self.app = app
+        self.db = db
+        self.storage = storage
+        self.registry = registry
+        self.config = config
+        self.concurrency = concurrency or config.concurrency
+        self.queues = list(queues) if queues else None
+        self.clock = clock
+        #: Recorded as ``lease_owner`` on the rows this worker claims.
+        self.id = worker_id or new_worker_id()
+        self._stop = threading.Event()
+        self._stop_deadline: float | None = None
+        self._wake_events: list[threading.Event] = []
+        self._lock = threading.Lock()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._reported_unknown: set[str] = set()
+        # The first look for unknown names waits a little: under `flask run` the
+        # worker starts while the app is still registering its tasks.
+        self._last_housekeeping = time.monotonic() - HOUSEKEEPING_INTERVAL + 10.0
+        self._lease = datetime.timedelta(seconds=config.lease_seconds)
+        #: Tasks still running when the shutdown grace period ran out (handed back).
+        self.abandoned = 0
+
+    # -- public -------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stop.is_set()
+
+    def run_once(self, now: datetime.datetime | None = None) -> int:
+        """Claim one batch, run it to the end, write the results; return how many
+        attempts ran (0 when nothing was due)."""
+        outcomes = Outcomes()
+        try:
+            return self._cycle(outcomes, now)
+        finally:
+            self.storage.settle(self.id, outcomes, now or self.clock())
+
+    def drain(self) -> int:
+        """Run batches until none is due; return how many attempts ran."""
+        total = 0
+        outcomes = Outcomes()
+        try:
+            while True:
+                ran = self._cycle(outcomes, None)
+                if not ran:
+                    return total
+                total += ran
+        finally:
+            self.storage.settle(self.id, outcomes, self.clock())
+
+    def run_task(self, task_id: int) -> bool:
+        """Claim the queued task ``task_id`` whether due or not and run it now, in
+        the calling thread (eager mode). Returns whether it was there to run."""
+        now = self.clock()
+        task = self.storage.claim_id(owner=self.id, task_id=task_id, until=now + self._lease)
+        if task is None:
+            return False
+        definition = self.registry.get(task.name)
+        outcome = self._attempt(definition, task)
+        outcomes = Outcomes()
+        self._collect(outcomes, task, outcome)
+        self.storage.settle(self.id, outcomes, self.clock())
+        return True
+
+    def run(self, *, burst: bool = False) -> None:
+        """Run claim loops until :meth:`stop` (or, with ``burst``, until nothing is
+        due), then write what finished and hand back what did not."""
+        signals.send(signals.worker_started, self.app, worker_id=self.id)
+        logger.info(
+            "Worker %s started: %d loop(s), tasks: %s",
+            self.id,
+            self.concurrency,
+            ", ".join(self.registry.names()) or "(none)",
+        )
+        try:
+            if self.concurrency == 1:
+                self._claim_loop(0, burst)
+            else:
+                threads = [
+                    threading.Thread(
+                        target=self._claim_loop,
+                        args=(i, burst),
+                        name=f"plainqueue-loop-{i}",
+                        daemon=True,
+                    )
+                    for i in range(self.concurrency)
+                ]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+        finally:
+            self.close()
+            signals.send(signals.worker_stopped, self.app, worker_id=self.id)
+            logger.info("Worker %s stopped", self.id)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop claiming. Running tasks get ``grace`` seconds (default
+        ``PLAINQUEUE_SHUTDOWN_GRACE``) to finish; what has not finished by then is
+        handed back, due at once, for another worker to take."""
+        if grace is None:
+            grace = self.config.shutdown_grace
+        with self._lock:
+            deadline = time.monotonic() + grace
+            if self._stop_deadline is None or deadline < self._stop_deadline:
+                self._stop_deadline = deadline
+            self._stop.set()
+            for event in self._wake_events:
+                event.set()
+
+    def wake(self) -> None:
+        """Cut an idle wait short: a task was just enqueued in this process."""
+        for event in self._wake_events:
+            event.set()
+
+    def close(self) -> None:
+        """Shut the thread pool and event loop down."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+
+    # -- the loop -----------------------------------------------------------
+
+    def _claim_loop(self, index: int, burst: bool) -> None:
+        outcomes = Outcomes()
+        wake = threading.Event()
+        with self._lock:
+            self._wake_events.append(wake)
+        probe = _ChangeProbe(self.storage) if self.storage.is_sqlite else None
+        idle = MIN_IDLE
+        try:
+            while not self._stop.is_set():
+                if index == 0:
+                    self._housekeeping()
+                if probe is not None:
+                    # Read the version before claiming, so a commit that lands
+                    # between an empty claim and the idle wait is not missed.
+                    probe.changed()
+                try:
+                    ran = self._cycle(outcomes, None)
+                except Exception:
+                    logger.exception("Worker %s: claiming failed; will retry", self.id)
+                    ran = 0
+                    if probe is not None:
+                        probe.reset()
+                if ran:
+                    idle = MIN_IDLE
+                    continue
+                if burst:
+                    break
+                self._idle_wait(wake, probe, idle)
+                idle = min(idle * 2, self._poll_interval())
+        finally:
+            try:
+                self.storage.settle(self.id, outcomes, self.clock())
+            except Exception:
+                logger.exception("Worker %s: could not record finished tasks", self.id)
+            if probe is not None:
+                probe.close()
+            with self._lock:
+                self._wake_events.remove(wake)
+
+    def _poll_interval(self) -> float:
+        intervals = [
+            d.options.poll_interval
+            for d in self.registry
+            if d.options.poll_interval is not None
+        ]
+        return min([self.config.poll_interval, *intervals])
+
+    def _idle_wait(
+        self, wake: threading.Event, probe: _ChangeProbe | None, timeout: float
+    ) -> None:
+        if probe is None:
+            wake.wait(timeout)
+        else:
+            # SQLite: wait the whole poll interval, but look every few milliseconds
+            # whether any connection committed; only then query the table.
+            end = time.monotonic() + self._poll_interval()
+            while not wake.is_set():
+                remaining = end - time.monotonic()
+                if remaining <= 0 or probe.changed():
+                    break
+                wake.wait(min(remaining, PROBE_INTERVAL))
+        wake.clear()
+
+    def _housekeeping(self) -> None:
+        now_mono = time.monotonic()
+        if now_mono - self._last_housekeeping < HOUSEKEEPING_INTERVAL:
+            return
+        self._last_housekeeping = now_mono
+        try:
+            names = self.storage.unknown_names(self.registry.names(), self.clock())
+        except Exception:
+            logger.exception("Worker %s: housekeeping failed", self.id)
+            return
+        for name in names:
+            if name not in self._reported_unknown:
+                self._reported_unknown.add(name)
+                logger.warning(
+                    "Tasks named %r are waiting but no task definition of that name is"
+                    " registered in this worker; they are left for a worker that knows"
+                    " it (import its module, e.g. with PLAINQUEUE_TASKS).",
+                    name,
+                    extra={"task": name},
+                )
+
+    def _cycle(self, outcomes: Outcomes, now: datetime.datetime | None) -> int:
+        """Settle ``outcomes`` and claim a batch in one transaction, run the batch,
+        and leave its results in ``outcomes``."""
+        if self._stop.is_set() and now is None and self._stop_deadline is not None:
+            return 0
+        claim_time = now or self.clock()
+        definitions = {d.name: d for d in self.registry}
+        tasks = self.storage.claim(
+            owner=self.id,
+            names=sorted(definitions),
+            batch_sizes={name: d.options.batch_size for name, d in definitions.items()},
+            now=claim_time,
+            until=claim_time + self._lease,
+            queues=self.queues,
+            outcomes=outcomes,
+        )
+        if not tasks:
+            return 0
+        self._run_batch(definitions[tasks[0].name], tasks, outcomes)
+        return len(tasks)
+
+    def _run_batch(
+        self,
+        definition: TaskDefinition[t.Any, t.Any],
+        tasks: Sequence[ClaimedTask],
+        outcomes: Outcomes,
+    ) -> None:
+        pool = self._get_pool()
+        futures = {pool.submit(self._attempt, definition, task): task for task in tasks}
+        pending: set[concurrent.futures.Future[_Outcome]] = set(futures)
+        extend_every = self.config.lease_seconds / 3
+        next_extend = time.monotonic() + extend_every
+        while pending:
+            timeout = next_extend - time.monotonic()
+            if self._stop_deadline is not None:
+                timeout = min(timeout, self._stop_deadline - time.monotonic())
+            done, pending = concurrent.futures.wait(
+                pending, timeout=max(timeout, 0), return_when="ALL_COMPLETED"
+            )
+            for future in done:
+                self._collect(outcomes, futures[future], future.result())
+            if not pending:
+                break
+            ids = [futures[f].id for f in pending]
+            if self._stop_deadline is not None and time.monotonic() >= self._stop_deadline:
+                self.abandoned += len(ids)
+                handed = self.storage.release(self.id, ids, self.clock())
+                logger.warning(
+                    "Worker %s: shutdown grace period over; handed back %d unfinished"
+                    " task(s): %s",
+                    self.id,
+                    handed,
+                    ids,
+                )
+                return
+            if time.monotonic() >= next_extend:
+                self._extend(ids)
+                next_extend = time.monotonic() + extend_every
+
+    def _extend(self, ids: list[int]) -> None:
+        try:
+            held = self.storage.extend(self.id, ids, self.clock() + self._lease)
+        except Exception:
+            logger.exception("Worker %s: could not extend leases", self.id)
+            return
+        if held < len(ids):
+            logger.warning(
+                "Worker %s lost the lease of %d running task(s); another worker may"
+                " run them again (delivery is at-least-once).",
+                self.id,
+                len(ids) - held,
+            )
+
+    def _collect(self, outcomes: Outcomes, task: ClaimedTask, outcome: _Outcome) -> None:
+        if outcome == _COMPLETED:
+            outcomes.completed.append((task.id, task.attempts))
+        elif isinstance(outcome, Failure):
+            outcomes.failed.append(outcome)
+
+    def _get_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                biggest = max((d.options.batch_size for d in self.registry), default=1)
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=min(256, biggest * self.concurrency),
+                    thread_name_prefix="plainqueue-task",
+                )
+            return self._pool
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="plainqueue-asyncio", daemon=True
+                )
+                thread.start()
+                self._loop, self._loop_thread = loop, thread
+            return self._loop
+
+    # -- one attempt --------------------------------------------------------
+
+    def _attempt(
+        self, definition: TaskDefinition[t.Any, t.Any], task: ClaimedTask
+    ) -> _Outcome:
+        """Run one claimed task in a fresh app context; return its outcome."""
+        extra = {"task_id": task.id, "task": task.name}
+        with self.app.app_context():
+            try:
+                data = _decode(task)
+            except TaskDataError as exc:
+                logger.error("Task %s (%s): %s", task.id, task.name, exc, extra=extra)
+                return Failure(task.id, task.attempts, format_error(exc), self.clock(), True)
+            signals.send(signals.task_started, self.app, task_id=task.id, task=task.name)
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("Task %s (%s) started", task.id, task.name, extra=extra)
+            start = time.perf_counter()
+            try:
+                if definition.is_async:
+                    future = asyncio.run_coroutine_threadsafe(
+                        self._in_context(definition.func, data), self._get_loop()
+                    )
+                    future.result()
+                else:
+                    definition.func(data)
+            except Retry as exc:
+                duration = time.perf_counter() - start
+                return self._retry_requested(definition, task, exc, duration)
+            except BaseException as exc:
+                duration = time.perf_counter() - start
+                return self._failed(definition, task, data, exc, duration)
+            duration = time.perf_counter() - start
+            if logger.isEnabledFor(logging.INFO):
+                logger.info(
+                    "Task %s (%s) succeeded in %.3fs",
+                    task.id,
+                    task.name,
+                    duration,
+                    extra=extra,
+                )
+            signals.send(
+                signals.task_succeeded,
+                self.app,
+                task_id=task.id,
+                task=task.name,
+                duration=duration,
+            )
+            if definition.success is None:
+                return _COMPLETED
+            return self._succeeded_with_callback(definition, task, data)
+
+    async def _in_context(self, func: Callable[[t.Any], t.Any], data: t.Any) -> t.Any:
+        # The coroutine runs on the loop thread, so it needs its own app context.
+        with self.app.app_context():
+            return await func(data)
+
+    def _succeeded_with_callback(
+        self, definition: TaskDefinition[t.Any, t.Any], task: ClaimedTask, data: t.Any
+    ) -> _Outcome:
+        """Run the success callback; its writes and the row's deletion commit in one
+        transaction through the app's session."""
+        session = self.db.session()
+        extra = {"task_id": task.id, "task": task.name}
+        assert definition.success is not None
+        try:
+            self.storage.begin_session_write(session)
+            definition.success(data)
+            held = self.storage.complete_in_session(session, self.id, task)
+            if not held:
+                session.rollback()
+                logger.warning(
+                    "Task %s (%s) finished after its lease was lost; its success"
+                    " callback's writes were rolled back.",
+                    task.id,
+                    task.name,
+                    extra=extra,
+                )
+                return _SETTLED
+            session.commit()
+            return _SETTLED
+        except Exception:
+            session.rollback()
+            logger.exception(
+                "The success callback of task %s (%s) raised; the task itself"
+                " succeeded and is removed.",
+                task.id,
+                task.name,
+                extra=extra,
+            )
+            return _COMPLETED
+
+    def _retry_requested(
+        self,
+        definition: TaskDefinition[t.Any, t.Any],
+        task: ClaimedTask,
+        exc: Retry,
+        duration: float,
+    ) -> Failure:
+        delay = definition.options.retry_interval if exc.delay is None else exc.delay
+        logger.info(
+            "Task %s (%s) asked to be retried in %.3fs",
+            task.id,
+            task.name,
+            delay,
+            extra={"task_id": task.id, "task": task.name},
+        )
+        now = self.clock()
+        return Failure(
+            task.id,
+            task.attempts,
+            format_error(exc),
+            now + datetime.timedelta(seconds=delay),
+            dead=False,
+            counts=False,
+        )
+
+    def _failed(
+        self,
+        definition: TaskDefinition[t.Any, t.Any],
+        task: ClaimedTask,
+        data: t.Any,
+        exc: BaseException,
+        duration: float,
+    ) -> Failure:
+        options = definition.options
+        failed_nr = task.failed_nr + 1
+        retryable = isinstance(exc, options.retry_on)
+        dead = not retryable or is_dead(failed_nr, options.max_retries)
+        now = self.clock()
+        delay = retry_delay(
+            failed_nr,
+            interval=options.retry_interval,
+            backoff=options.retry_backoff,
+            jitter=options.retry_jitter,
+            max_delay=options.retry_max_delay,
+        )
+        extra = {"task_id": task.id, "task": task.name}
+        logger.error(
+            "Task %s (%s) failed in %.3fs (attempt %d, %s): %s: %s",
+            task.id,
+            task.name,
+            duration,
+            failed_nr,
+            "dead" if dead else f"retry in {delay:.3f}s",
+            type(exc).__name__,
+            exc,
+            extra=extra,
+        )
+        if definition.failure is not None:
+            try:
+                definition.failure(data, exc)
+            except Exception:
+                logger.exception(
+                    "The failure callback of task %s (%s) raised; ignored.",
+                    task.id,
+                    task.name,
+                    extra=extra,
+                )
+        kwargs = {"task_id": task.id, "task": task.name, "duration": duration}
+        signals.send(signals.task_failed, self.app, exception=exc, **kwargs)
+        if dead:
+            signals.send(signals.task_dead, self.app, exception=exc, **kwargs)
+        return Failure(
+            task.id,
+            task.attempts,
+            format_error(exc),
+            now + datetime.timedelta(seconds=delay),
+            dead=dead,
+        )
+
+
+def _decode(task: ClaimedTask) -> t.Any:
+    if task.data is None:
+        return None
+    try:
+        return json.loads(task.data)
+    except ValueError as exc:
+        raise TaskDataError(
+            f"Task {task.id} ({task.name}) has data that is not valid JSON, so it"
+            f" cannot run: {exc}. It is kept as dead for inspection."
+        ) from exc
+
+
+class _ChangeProbe:
+    """Tells whether another connection committed to the SQLite file, via
+    ``PRAGMA data_version`` on a connection of its own (microseconds, no table
+    read)."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._conn: t.Any = None
+        self._version: int | None = None
+
+    def changed(self) -> bool:
+        try:
+            if self._conn is None:
+                self._conn = self._storage.engine.raw_connection()
+            cursor = self._conn.cursor()
+            try:
+                cursor.execute("PRAGMA data_version")
+                version = cursor.fetchone()[0]
+            finally:
+                cursor.close()
+        except Exception:
+            logger.exception("PRAGMA data_version failed; polling instead")
+            self.reset()
+            return True
+        previous, self._version = self._version, version
+        return previous is not None and version != previous
+
+    def reset(self) -> None:
+        self.close()
+        self._version = None
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                logger.debug("closing the probe connection failed", exc_info=True)
+
+
+class WorkerThread(threading.Thread):
+    """Runs a :class:`Worker` in a daemon thread (a greenlet under gevent's
+    monkey-patching). Installs no signal handlers."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__(name="plainqueue-worker", daemon=True)
+        self.worker = worker
+
+    def run(self) -> None:
+        try:
+            self.worker.run()
+        except Exception:
+            logger.exception("The embedded worker crashed")
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop the worker and wait up to ``timeout`` seconds; returns whether the
+        thread ended."""
+        self.worker.stop(grace=timeout)
+        self.join(None if timeout is None else timeout + 1)
+        return not self.is_alive()
