@@ -24,6 +24,9 @@ DEFAULTS: Mapping[str, t.Any] = {
     "PLAINQUEUE_SHUTDOWN_GRACE": 30.0,
     "PLAINQUEUE_SQLITE_SYNCHRONOUS": "NORMAL",
     "PLAINQUEUE_SQLITE_BUSY_TIMEOUT": 30.0,
+    "PLAINQUEUE_DASHBOARD": False,
+    "PLAINQUEUE_DASHBOARD_URL": "/queue",
+    "PLAINQUEUE_DASHBOARD_AUTH": None,
 }
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -47,6 +50,10 @@ class QueueConfig:
     shutdown_grace: float = 30.0
     sqlite_synchronous: str = "NORMAL"
     sqlite_busy_timeout: float = 30.0
+    dashboard: bool = False
+    dashboard_url: str = "/queue"
+    #: ``auth() -> bool``, called in each dashboard request; ``None`` refuses all.
+    dashboard_auth: t.Callable[[], bool] | None = None
 
     @classmethod
     def from_app(cls, app: Flask) -> QueueConfig:
@@ -80,6 +87,22 @@ class QueueConfig:
                 "PLAINQUEUE_TABLE must be a table name of letters, digits and"
                 f" underscores, got {table!r}."
             )
+        dashboard_url = c["PLAINQUEUE_DASHBOARD_URL"]
+        if (
+            not isinstance(dashboard_url, str)
+            or not dashboard_url.startswith("/")
+            or dashboard_url.rstrip("/") == ""
+        ):
+            raise ConfigurationError(
+                "PLAINQUEUE_DASHBOARD_URL must be a path such as '/queue' (starting"
+                f" with '/', not the site root), got {dashboard_url!r}."
+            )
+        dashboard_auth = c["PLAINQUEUE_DASHBOARD_AUTH"]
+        if dashboard_auth is not None and not callable(dashboard_auth):
+            raise ConfigurationError(
+                "PLAINQUEUE_DASHBOARD_AUTH must be a function returning True for"
+                f" users allowed to see the dashboard, got {dashboard_auth!r}."
+            )
         return cls(
             embedded_worker=_bool(c, "PLAINQUEUE_EMBEDDED_WORKER"),
             eager=_bool(c, "PLAINQUEUE_EAGER"),
@@ -91,6 +114,9 @@ class QueueConfig:
             shutdown_grace=_seconds(c, "PLAINQUEUE_SHUTDOWN_GRACE"),
             sqlite_synchronous=sync.upper(),
             sqlite_busy_timeout=_seconds(c, "PLAINQUEUE_SQLITE_BUSY_TIMEOUT"),
+            dashboard=_bool(c, "PLAINQUEUE_DASHBOARD"),
+            dashboard_url=dashboard_url.rstrip("/"),
+            dashboard_auth=dashboard_auth,
         )
 
 

@@ -101,6 +101,7 @@ class PlainQueue:
         self._apps: weakref.WeakKeyDictionary[Flask, _AppState] = (
             weakref.WeakKeyDictionary()
         )
+        self._dashboard_auth: Callable[[], bool] | None = None
         if db is not None and table is not None:
             self._model = build_task_model(db, table)
         if app is not None:
@@ -150,6 +151,10 @@ class PlainQueue:
         from .cli import make_cli
 
         app.cli.add_command(make_cli(self))
+        if config.dashboard:
+            from .dashboard import make_blueprint
+
+            app.register_blueprint(make_blueprint(self), url_prefix=config.dashboard_url)
         if config.embedded_worker and not app.testing and _serving_with_flask_run():
             self.start_worker(app)
 
@@ -541,6 +546,62 @@ class PlainQueue:
             with state.lock:
                 if worker in state.workers:
                     state.workers.remove(worker)
+
+    # -- operations -----------------------------------------------------------
+
+    def cancel(self, task_id: str | int) -> bool:
+        """Remove a task that is not running (pending, scheduled or dead).
+
+        :returns: ``False`` if it is running (its worker owns it) or gone.
+        :raises RuntimeError: no app context.
+
+        .. versionadded:: 0.1
+        """
+        from . import inspection
+
+        return bool(inspection.delete(self._state().storage, [task_id]))
+
+    def retry(self, task_id: str | int) -> bool:
+        """Make a dead or waiting task due now, with its failure count reset, so
+        it gets ``max_retries`` fresh retries.
+
+        :returns: ``False`` if it is running or gone.
+        :raises flask_plainqueue.inspection.UniqueTaskWaiting: it has a
+            ``unique_key`` that another waiting task holds.
+        :raises RuntimeError: no app context.
+
+        .. versionadded:: 0.1
+        """
+        from . import inspection
+
+        state = self._state()
+        if not inspection.retry_one(state.storage, task_id):
+            return False
+        for worker in list(state.workers):
+            worker.wake()
+        return True
+
+    def dashboard_auth(self, func: Callable[[], bool]) -> Callable[[], bool]:
+        """Register the dashboard's authorisation check, as a decorator.
+
+        ``func()`` runs in every dashboard request and returns whether the
+        current user may see and change the queue; without a check (this or
+        ``PLAINQUEUE_DASHBOARD_AUTH``) every dashboard URL answers 403. It
+        may also ``abort()`` with a response of its own, e.g. a redirect to
+        the login page.
+
+        .. code-block:: python
+
+            @queue.dashboard_auth
+            def is_admin() -> bool:
+                return current_user.is_authenticated and current_user.is_admin
+
+        .. versionadded:: 0.1
+        """
+        if not callable(func):
+            raise TypeError(f"@queue.dashboard_auth decorates a function, got {func!r}.")
+        self._dashboard_auth = func
+        return func
 
     def drain(self) -> int:
         """Run every due task of the current app the way the worker does, one

@@ -1,0 +1,276 @@
+"""The dashboard: a blueprint of server-rendered pages to inspect the queue and
+retry or delete tasks.
+
+Off by default; ``PLAINQUEUE_DASHBOARD = True`` mounts it at
+``PLAINQUEUE_DASHBOARD_URL``. Every request passes the app's authorisation
+check first (``@queue.dashboard_auth`` or ``PLAINQUEUE_DASHBOARD_AUTH``);
+without one, every URL answers 403. State-changing actions are POSTs with a
+CSRF token: Flask-WTF's when the app uses ``CSRFProtect``, otherwise a token
+signed with the app's ``SECRET_KEY`` and bound to the user's session.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hmac
+import secrets
+import typing as t
+
+from flask import Blueprint
+from flask import abort
+from flask import current_app
+from flask import flash
+from flask import g
+from flask import redirect
+from flask import render_template
+from flask import request
+from flask import session
+from flask import url_for
+from flask.typing import ResponseReturnValue
+from itsdangerous import BadData
+from itsdangerous import URLSafeTimedSerializer
+
+from . import inspection
+from .exceptions import ConfigurationError
+from .exceptions import PlainQueueError
+from .inspection import STATES
+from .inspection import format_age
+from .models import TaskState
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+
+    from .extension import PlainQueue
+    from .storage import Storage
+
+#: Tasks per page in the list.
+PAGE_SIZE = 50
+#: How long a CSRF token of our own stays valid (seconds).
+CSRF_MAX_AGE = 8 * 3600
+_CSRF_SESSION_KEY = "_plainqueue_csrf"
+_CSRF_SALT = "flask-plainqueue-dashboard-csrf"
+
+FORBIDDEN_NO_AUTH = """\
+The flask-plainqueue dashboard is mounted but no authorisation check is
+registered, so every dashboard page is refused.
+
+Register a function that returns True for users allowed to see and change the
+queue, either with the decorator:
+
+    @queue.dashboard_auth
+    def can_see_queue() -> bool:
+        return current_user.is_authenticated and current_user.is_admin
+
+or with the configuration key PLAINQUEUE_DASHBOARD_AUTH = can_see_queue.
+"""
+
+FORBIDDEN_DENIED = "You are not allowed to see the task queue dashboard.\n"
+
+
+def make_blueprint(queue: PlainQueue, name: str = "plainqueue") -> Blueprint:
+    """The dashboard blueprint for ``queue``; register it with a ``url_prefix``.
+
+    ``init_app`` does this when ``PLAINQUEUE_DASHBOARD`` is true.
+
+    .. versionadded:: 0.1
+    """
+    bp = Blueprint(
+        name,
+        __name__,
+        template_folder="templates",
+        static_folder="static",
+        static_url_path="/static",
+    )
+
+    def storage() -> Storage:
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        return queue._state(app).storage
+
+    @bp.before_request
+    def check_access() -> ResponseReturnValue | None:
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        check = queue._dashboard_auth or queue._state(app).config.dashboard_auth
+        if check is None:
+            return _text(FORBIDDEN_NO_AUTH, 403)
+        if not check():
+            return _text(FORBIDDEN_DENIED, 403)
+        if request.method == "POST":
+            _check_csrf(app)
+        return None
+
+    @bp.context_processor
+    def helpers() -> dict[str, t.Any]:
+        return {
+            "plainqueue_csrf_token": _csrf_token,
+            "states": STATES,
+            "age": _age,
+            "when": _when,
+        }
+
+    @bp.route("/")
+    def overview() -> ResponseReturnValue:
+        status = inspection.status(storage())
+        return render_template("plainqueue/overview.html", status=status)
+
+    @bp.route("/tasks")
+    def tasks() -> ResponseReturnValue:
+        state_arg = request.args.get("state", "")
+        states: list[TaskState] | None
+        if state_arg:
+            try:
+                states = [TaskState(state_arg)]
+            except ValueError:
+                abort(400)
+        else:
+            states = None
+        name = request.args.get("name", "").strip() or None
+        page = request.args.get("page", 1, type=int) or 1
+        page = max(1, page)
+        s = storage()
+        now = inspection.utcnow()
+        total = inspection.count_tasks(s, states=states, name=name, now=now)
+        pages = max(1, -(-total // PAGE_SIZE))
+        page = min(page, pages)
+        rows = inspection.list_tasks(
+            s,
+            states=states,
+            name=name,
+            limit=PAGE_SIZE,
+            offset=(page - 1) * PAGE_SIZE,
+            now=now,
+        )
+        return render_template(
+            "plainqueue/list.html",
+            tasks=rows,
+            state=state_arg,
+            name=name or "",
+            names=inspection.task_names(s),
+            page=page,
+            pages=pages,
+            total=total,
+            dead=inspection.count_dead(s, name=name) if state_arg == "dead" else 0,
+        )
+
+    @bp.route("/tasks/<task_id>")
+    def detail(task_id: str) -> ResponseReturnValue:
+        info = inspection.get_task(storage(), task_id)
+        if info is None:
+            abort(404)
+        return render_template("plainqueue/detail.html", task=info)
+
+    @bp.route("/tasks/<task_id>/retry", methods=["POST"])
+    def retry(task_id: str) -> ResponseReturnValue:
+        info = _existing(storage(), task_id)
+        try:
+            done = queue.retry(task_id)
+        except PlainQueueError as exc:
+            flash(str(exc), "error")
+            return redirect(url_for(".detail", task_id=task_id))
+        if done:
+            flash(f"Task {info.id} ({info.name}) will run again now.", "ok")
+        else:
+            flash(f"Task {info.id} is running; it cannot be retried now.", "error")
+        return redirect(url_for(".detail", task_id=task_id))
+
+    @bp.route("/tasks/<task_id>/delete", methods=["POST"])
+    def delete(task_id: str) -> ResponseReturnValue:
+        info = _existing(storage(), task_id)
+        if queue.cancel(task_id):
+            flash(f"Task {info.id} ({info.name}) was deleted.", "ok")
+            return redirect(url_for(".tasks", state=info.state.value))
+        flash(f"Task {info.id} is running; it cannot be deleted now.", "error")
+        return redirect(url_for(".detail", task_id=task_id))
+
+    @bp.route("/retry-failed", methods=["POST"])
+    def retry_failed() -> ResponseReturnValue:
+        name = request.form.get("name", "").strip() or None
+        retried = inspection.retry_dead(storage(), name=name)
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        for worker in list(queue._state(app).workers):
+            worker.wake()
+        scope = f" of {name}" if name else ""
+        flash(f"{len(retried)} dead task(s){scope} will run again now.", "ok")
+        return redirect(url_for(".tasks", state="dead", name=name or None))
+
+    return bp
+
+
+def _text(body: str, status: int) -> ResponseReturnValue:
+    return body, status, {"Content-Type": "text/plain; charset=utf-8"}
+
+
+def _existing(storage: Storage, task_id: str) -> inspection.TaskInfo:
+    info = inspection.get_task(storage, task_id)
+    if info is None:
+        abort(404)
+    return info
+
+
+# -- CSRF ---------------------------------------------------------------------
+
+
+def _serializer(app: Flask) -> URLSafeTimedSerializer:
+    if not app.secret_key:
+        raise ConfigurationError(
+            "The flask-plainqueue dashboard signs its CSRF tokens with the app's"
+            " secret key: set SECRET_KEY (app.secret_key), or use Flask-WTF's"
+            " CSRFProtect(app)."
+        )
+    return URLSafeTimedSerializer(app.secret_key, salt=_CSRF_SALT)
+
+
+def _csrf_token() -> str:
+    """The token for the dashboard's forms (Flask-WTF's if the app has it)."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if "csrf" in app.extensions:
+        from flask_wtf.csrf import generate_csrf
+
+        return t.cast(str, generate_csrf())
+    serializer = _serializer(app)
+    if _CSRF_SESSION_KEY not in session:
+        session[_CSRF_SESSION_KEY] = secrets.token_urlsafe(24)
+    return serializer.dumps(session[_CSRF_SESSION_KEY])
+
+
+def _check_csrf(app: Flask) -> None:
+    """Refuse a POST (400) whose token is missing, forged, expired, or from
+    another session."""
+    csrf = app.extensions.get("csrf")
+    if csrf is not None:
+        # CSRFProtect checks every POST before views run, unless the app turned
+        # that off (WTF_CSRF_CHECK_DEFAULT = False): then check here.
+        if not g.get("csrf_valid"):
+            csrf.protect()
+        return
+    serializer = _serializer(app)
+    token = request.form.get("csrf_token", "")
+    expected = session.get(_CSRF_SESSION_KEY)
+    try:
+        value = serializer.loads(token, max_age=CSRF_MAX_AGE)
+    except BadData:
+        abort(400, "The form's CSRF token is missing, invalid or expired; reload it.")
+    if not isinstance(expected, str) or not isinstance(value, str):
+        abort(400, "The form's CSRF token does not belong to this session.")
+    if not hmac.compare_digest(value, expected):
+        abort(400, "The form's CSRF token does not belong to this session.")
+
+
+# -- formatting ---------------------------------------------------------------
+
+
+def _when(value: datetime.datetime | None) -> str:
+    if value is None:
+        return "-"
+    return value.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _age(value: datetime.datetime | float | None) -> str:
+    """``3m 5s ago`` / ``in 2h 1m`` for a datetime; ``3m 5s`` for seconds."""
+    if value is None:
+        return "-"
+    if isinstance(value, (int, float)):
+        return format_age(value)
+    seconds = (inspection.utcnow() - value).total_seconds()
+    if seconds >= 0:
+        return f"{format_age(seconds)} ago"
+    return f"in {format_age(-seconds)}"
