@@ -1,0 +1,398 @@
+"""Our measurements: ``perform``/``perform_many`` in the measuring process, and
+``flask queue work`` processes (the real CLI) for everything a worker does."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import socket
+import time
+import typing as t
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+
+from . import pg
+from . import procs
+from .common import TABLE
+from .common import Barrier
+from .common import count_rows
+from .common import fill_sqlite_queue
+from .common import percentile
+
+WORK = ["-m", "flask", "--app", "benchmarks.ourapp:create_app", "queue", "work"]
+
+
+def _env(workdir: Path, uri: str, **extra: t.Any) -> dict[str, str]:
+    values = {"BENCH_DB_URI": uri, "BENCH_DIR": str(workdir / "barrier")}
+    values.update({k: str(v) for k, v in extra.items() if v is not None})
+    return procs.child_env(**values)
+
+
+@contextlib.contextmanager
+def _database(workdir: Path, engine: str, pg_url: str | None) -> Iterator[str]:
+    if engine == "sqlite":
+        yield f"sqlite:///{workdir / 'bench.db'}"
+    else:
+        with pg.fresh_database(pg_url) as (sa_url, _):
+            yield sa_url
+
+
+def _app(uri: str, **env: t.Any) -> t.Any:
+    """Our app in this (measuring) process, with its tables created."""
+    os.environ["BENCH_DB_URI"] = uri
+    os.environ.pop("BENCH_DIR", None)
+    for key, value in env.items():
+        os.environ[key] = str(value)
+    from . import ourapp
+
+    app = ourapp.create_app()
+    with app.app_context():
+        ourapp.db.create_all()
+    return app
+
+
+def _fill(app: t.Any, uri: str, n: int, data: t.Callable[[int], t.Any] | None = None) -> None:
+    """Enqueue ``n`` tasks, untimed: raw sqlite3 on SQLite, perform_many elsewhere."""
+    from . import ourapp
+
+    if uri.startswith("sqlite"):
+        with app.app_context():
+            ourapp.db.engine.dispose()
+        make = None if data is None else (lambda i: json.dumps(data(i)))
+        fill_sqlite_queue(Path(uri.removeprefix("sqlite:///")), n, data=make)
+        return
+    with app.app_context():
+        for start in range(0, n, 10_000):
+            items = range(start, min(n, start + 10_000))
+            ourapp.queue.perform_many("bench_task", [data(i) if data else {"i": i} for i in items])
+        ourapp.db.engine.dispose()
+
+
+def _remaining(app: t.Any) -> int:
+    from . import ourapp
+
+    with app.app_context():
+        with ourapp.db.engine.connect() as conn:
+            return int(conn.exec_driver_sql(f"SELECT count(*) FROM {TABLE}").scalar_one())
+
+
+def _run_workers(
+    workdir: Path,
+    uri: str,
+    *,
+    processes: int,
+    args: t.Sequence[str] = (),
+    timeout: float,
+    env_extra: dict[str, t.Any] | None = None,
+    burst: bool = True,
+) -> tuple[float, list[dict[str, t.Any]]]:
+    """Start the workers, release them together, wait until they exit; return the
+    start time and what each reported."""
+    barrier_dir = workdir / "barrier"
+    shutil.rmtree(barrier_dir, ignore_errors=True)
+    barrier_dir.mkdir()
+    barrier = Barrier(barrier_dir)
+    env = _env(workdir, uri, **(env_extra or {}))
+    log = workdir / "worker.log"
+    argv = [*WORK, *(["--burst"] if burst else []), *args]
+    started = [procs.start(argv, env, log) for _ in range(processes)]
+    try:
+        barrier.wait_ready(processes, started)
+        start = barrier.go()
+        procs.wait_all(started, timeout, log)
+    finally:
+        procs.stop(started)
+    return start, barrier.results()
+
+
+# -- case 1: enqueue ----------------------------------------------------------
+
+
+def enqueue(
+    *, workdir: Path, n: int, mode: str, engine: str = "sqlite", pg_url: str | None = None
+) -> dict[str, t.Any]:
+    """``perform`` one by one (``mode="one"``) or one ``perform_many`` call."""
+    from . import ourapp
+
+    with _database(workdir, engine, pg_url) as uri:
+        app = _app(uri, BENCH_TASK="noop")
+        items = [{"i": i} for i in range(n)]
+        with app.app_context():
+            ourapp.queue.perform("bench_task", {"warm": True})
+            start = time.perf_counter()
+            if mode == "one":
+                for item in items:
+                    ourapp.queue.perform("bench_task", item)
+            else:
+                ourapp.queue.perform_many("bench_task", items)
+            elapsed = time.perf_counter() - start
+        stored = _remaining(app) - 1
+        with app.app_context():
+            ourapp.db.engine.dispose()
+    if stored != n:
+        raise RuntimeError(f"{stored} rows stored, expected {n}")
+    return {"rate": n / elapsed}
+
+
+# -- case 2: processing -------------------------------------------------------
+
+
+def process(
+    *,
+    workdir: Path,
+    n: int,
+    batch: int,
+    processes: int = 1,
+    engine: str = "sqlite",
+    pg_url: str | None = None,
+    log_level: str = "WARNING",
+    sync: str = "NORMAL",
+    malloc_trim: int | None = None,
+    task: str = "noop",
+    accounts: int = 0,
+) -> dict[str, t.Any]:
+    """``processes`` × ``flask queue work --burst`` over ``n`` waiting tasks."""
+    with _database(workdir, engine, pg_url) as uri:
+        app = _app(uri, BENCH_TASK=task, BENCH_BATCH=batch)
+        if accounts:
+            from . import ourapp
+
+            with app.app_context():
+                ourapp.db.session.add_all(
+                    [ourapp.Account(id=i, balance=0, touched=0) for i in range(accounts)]
+                )
+                ourapp.db.session.commit()
+            data: t.Callable[[int], t.Any] | None = lambda i: {"account": i % accounts}
+        else:
+            data = None
+        _fill(app, uri, n, data)
+        env_extra: dict[str, t.Any] = {
+            "BENCH_TASK": task,
+            "BENCH_BATCH": batch,
+            "BENCH_SYNC": sync,
+            "MALLOC_TRIM_THRESHOLD_": malloc_trim,
+        }
+        start, results = _run_workers(
+            workdir,
+            uri,
+            processes=processes,
+            args=["--log-level", log_level],
+            timeout=max(120.0, n / 200),
+            env_extra=env_extra,
+        )
+        left = _remaining(app)
+        extra: dict[str, t.Any] = {}
+        if accounts:
+            from . import ourapp
+
+            with app.app_context():
+                touched = ourapp.db.session.scalar(
+                    ourapp.db.select(ourapp.db.func.sum(ourapp.Account.touched))
+                )
+                failed = ourapp.db.session.scalar(
+                    ourapp.db.select(ourapp.db.func.count()).select_from(
+                        ourapp.queue.Task
+                    ).where(ourapp.queue.Task.failed_nr > 0)
+                )
+            extra = {"touched": touched, "failed_rows": failed}
+        from . import ourapp
+
+        with app.app_context():
+            ourapp.db.engine.dispose()
+    if left:
+        raise RuntimeError(f"{left} tasks left after the workers exited")
+    end = max(r["end"] for r in results)
+    return {"rate": n / (end - start), **extra}
+
+
+# -- case 3: pickup latency and idle CPU ----------------------------------------
+
+
+def _udp_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(10.0)
+    return sock
+
+
+def _sample_latency(
+    sock: socket.socket, enqueue: t.Callable[[int], None], samples: int
+) -> dict[str, float]:
+    rng = random.Random(samples)
+    latencies = []
+    for i in range(samples + 2):
+        # A random gap, so the worker is found at every point of its idle wait.
+        time.sleep(rng.uniform(0.05, 0.25))
+        sent = time.monotonic()
+        enqueue(i)
+        while True:
+            message = sock.recv(256).decode().split()
+            if int(message[0]) == i:
+                break
+        if i >= 2:  # the first two warm connections and caches
+            latencies.append((float(message[1]) - sent) * 1000)
+    return {"p50_ms": percentile(latencies, 0.5), "p95_ms": percentile(latencies, 0.95)}
+
+
+def latency(
+    *,
+    workdir: Path,
+    samples: int,
+    mode: str,
+    engine: str = "sqlite",
+    pg_url: str | None = None,
+) -> dict[str, t.Any]:
+    """Enqueue-to-start latency of a task: ``mode="embedded"`` runs the worker as a
+    thread of this (the enqueuing) process, ``"process"`` in ``flask queue work``."""
+    from . import ourapp
+
+    sock = _udp_socket()
+    port = sock.getsockname()[1]
+    with _database(workdir, engine, pg_url) as uri:
+        app = _app(uri, BENCH_TASK="latency", BENCH_UDP_PORT=port)
+
+        def enqueue(i: int) -> None:
+            with app.app_context():
+                ourapp.queue.perform("bench_task", {"i": i})
+
+        if mode == "embedded":
+            ourapp.queue.start_worker(app)
+            try:
+                result = _sample_latency(sock, enqueue, samples)
+            finally:
+                ourapp.queue.stop_worker(app, timeout=10)
+        else:
+            barrier_dir = workdir / "barrier"
+            barrier_dir.mkdir()
+            env = _env(workdir, uri, BENCH_TASK="latency", BENCH_UDP_PORT=port)
+            log = workdir / "worker.log"
+            worker = procs.start([*WORK, "--log-level", "WARNING"], env, log)
+            try:
+                Barrier(barrier_dir).wait_ready(1, [worker])
+                Barrier(barrier_dir).go()
+                result = _sample_latency(sock, enqueue, samples)
+            finally:
+                procs.stop([worker])
+        with app.app_context():
+            ourapp.db.engine.dispose()
+    return result
+
+
+def idle_cpu(
+    *,
+    workdir: Path,
+    seconds: float,
+    engine: str = "sqlite",
+    pg_url: str | None = None,
+) -> dict[str, t.Any]:
+    """CPU used by an idle ``flask queue work`` process, in % of one core."""
+    with _database(workdir, engine, pg_url) as uri:
+        app = _app(uri, BENCH_TASK="noop")
+        from . import ourapp
+
+        with app.app_context():
+            ourapp.db.engine.dispose()
+        barrier_dir = workdir / "barrier"
+        barrier_dir.mkdir()
+        env = _env(workdir, uri, BENCH_TASK="noop")
+        log = workdir / "worker.log"
+        worker = procs.start([*WORK, "--log-level", "WARNING"], env, log)
+        try:
+            Barrier(barrier_dir).wait_ready(1, [worker])
+            Barrier(barrier_dir).go()
+            return {"cpu_pct": measure_idle_cpu(worker.pid, seconds)}
+        finally:
+            procs.stop([worker])
+
+
+def measure_idle_cpu(pid: int, seconds: float) -> float:
+    """% of one core that process ``pid`` (all its threads) used over ``seconds``,
+    after one second to settle into its idle rhythm."""
+    proc = psutil.Process(pid)
+    time.sleep(1.0)
+    before = proc.cpu_times()
+    start = time.monotonic()
+    time.sleep(seconds)
+    after = proc.cpu_times()
+    elapsed = time.monotonic() - start
+    used = (after.user - before.user) + (after.system - before.system)
+    return 100.0 * used / elapsed
+
+
+# -- case 5: scale ----------------------------------------------------------------
+
+
+def scale(
+    *,
+    workdir: Path,
+    waiting: int,
+    dead: int,
+    take: int,
+    batch: int,
+    cache_dir: str,
+) -> dict[str, t.Any]:
+    """Claim throughput over the first ``take`` of ``waiting`` tasks, with ``dead``
+    dead rows beside them. The big table is built once per run and copied."""
+    template = Path(cache_dir) / f"scale-{waiting}-{dead}.db"
+    db_path = workdir / "bench.db"
+    uri = f"sqlite:///{db_path}"
+    if not template.exists():
+        building = template.with_suffix(".building")
+        if building.exists():
+            building.unlink()
+        tmp_uri = f"sqlite:///{building}"
+        app = _app(tmp_uri, BENCH_TASK="count")
+        from . import ourapp
+
+        with app.app_context():
+            ourapp.db.engine.dispose()
+        if dead:
+            fill_sqlite_queue(building, dead, status="dead")
+        for start in range(0, waiting, 250_000):
+            fill_sqlite_queue(building, min(250_000, waiting - start), start=start)
+        building.rename(template)
+    shutil.copyfile(template, db_path)
+    start, results = _run_workers(
+        workdir,
+        uri,
+        processes=1,
+        args=["--log-level", "WARNING"],
+        timeout=max(120.0, take / 100),
+        env_extra={"BENCH_TASK": "count", "BENCH_BATCH": batch, "BENCH_STOP_AFTER": take},
+        burst=True,
+    )
+    stopped = results[0]["stopped_at"]
+    if stopped is None:
+        raise RuntimeError(f"worker stopped after {results[0]['count']} tasks, not {take}")
+    return {"rate": take / (stopped - start)}
+
+
+# -- case 6: memory -------------------------------------------------------------------
+
+
+def memory(*, workdir: Path, n: int, batch: int) -> dict[str, t.Any]:
+    """Worker RSS when it starts and after ``n`` tasks (sampled every n/10)."""
+    uri = f"sqlite:///{workdir / 'bench.db'}"
+    app = _app(uri, BENCH_TASK="count")
+    _fill(app, uri, n)
+    start, results = _run_workers(
+        workdir,
+        uri,
+        processes=1,
+        args=["--log-level", "WARNING"],
+        timeout=max(120.0, n / 200),
+        env_extra={"BENCH_TASK": "count", "BENCH_BATCH": batch, "BENCH_RSS_EVERY": max(1, n // 10)},
+    )
+    r = results[0]
+    samples = [rss for _, rss in r["rss_samples"]]
+    return {
+        "rss_start_mib": r["rss_start"],
+        "rss_end_mib": r["rss_end"],
+        "rss_growth_mib": max([r["rss_end"], *samples]) - (samples[0] if samples else r["rss_start"]),
+        "rate": n / (r["end"] - start),
+    }
