@@ -21,9 +21,9 @@ from flask.cli import AppGroup
 
 from . import inspection
 from .exceptions import PlainQueueError
+from .inspection import format_age
 from .inspection import STATES
 from .inspection import TaskInfo
-from .inspection import format_age
 from .models import TaskState
 
 if t.TYPE_CHECKING:

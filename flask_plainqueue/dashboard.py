@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import datetime
 import hmac
+import importlib
 import secrets
 import typing as t
 
-from flask import Blueprint
 from flask import abort
+from flask import Blueprint
 from flask import current_app
 from flask import flash
 from flask import g
@@ -33,8 +34,8 @@ from itsdangerous import URLSafeTimedSerializer
 from . import inspection
 from .exceptions import ConfigurationError
 from .exceptions import PlainQueueError
-from .inspection import STATES
 from .inspection import format_age
+from .inspection import STATES
 from .models import TaskState
 
 if t.TYPE_CHECKING:
@@ -223,9 +224,9 @@ def _csrf_token() -> str:
     """The token for the dashboard's forms (Flask-WTF's if the app has it)."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     if "csrf" in app.extensions:
-        from flask_wtf.csrf import generate_csrf
-
-        return t.cast(str, generate_csrf())
+        # Flask-WTF is optional (and untyped): look it up only when in use.
+        csrf_module = importlib.import_module("flask_wtf.csrf")
+        return t.cast(str, csrf_module.generate_csrf())
     serializer = _serializer(app)
     if _CSRF_SESSION_KEY not in session:
         session[_CSRF_SESSION_KEY] = secrets.token_urlsafe(24)
