@@ -157,6 +157,7 @@ class PlainQueue:
             app.register_blueprint(make_blueprint(self), url_prefix=config.dashboard_url)
         if config.embedded_worker and not app.testing and _serving_with_flask_run():
             self.start_worker(app)
+            _exit_on_sigterm()
 
     def _resolve_db(self, app: Flask, db: SQLAlchemy | None) -> SQLAlchemy:
         registered = app.extensions.get("sqlalchemy")
@@ -712,6 +713,20 @@ def _serving_with_flask_run() -> bool:
 
         reload = get_debug_flag()
     return not reload
+
+
+def _exit_on_sigterm() -> None:
+    """Make SIGTERM exit normally, so the worker is stopped at exit and hands back
+    what it runs. Werkzeug's reloader does this for its child; under
+    ``flask run --no-reload`` nothing would, and SIGTERM would kill the process
+    with the worker's tasks still leased. A handler the app set is kept."""
+    import signal
+    import sys
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
 
 
 def _at_exit(func: Callable[[], object]) -> None:

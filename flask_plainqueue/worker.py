@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import concurrent.futures.thread  # noqa: F401 - see below
 import datetime
 import json
 import logging
@@ -36,6 +37,12 @@ if t.TYPE_CHECKING:
     from .tasks import TaskDefinition
     from .tasks import TaskRegistry
 
+# Why concurrent.futures.thread is imported above: concurrent.futures imports
+# its thread pool lazily, and the pool registers its exit hook (which joins the
+# pool's threads) on import. Importing it with this module registers that hook
+# before start_worker registers the one that stops the worker; hooks run in
+# reverse, so at exit the worker stops and hands back unfinished tasks first.
+
 logger = logging.getLogger(__name__)
 
 UTC = datetime.timezone.utc
@@ -46,6 +53,8 @@ MIN_IDLE = 0.01
 #: How often an idle SQLite worker asks ``PRAGMA data_version`` whether another
 #: connection committed: a cheap check instead of a query on the table.
 PROBE_INTERVAL = 0.01
+#: How often a worker waiting on a running batch checks whether it was stopped.
+STOP_CHECK_INTERVAL = 0.1
 #: How often unknown task names are looked for (seconds).
 HOUSEKEEPING_INTERVAL = 60.0
 
@@ -347,6 +356,11 @@ class Worker:
             timeout = next_extend - time.monotonic()
             if self._stop_deadline is not None:
                 timeout = min(timeout, self._stop_deadline - time.monotonic())
+            else:
+                # stop() cannot interrupt this wait, so look again soon: a grace
+                # period must start when stop() is called, not at the next lease
+                # extension.
+                timeout = min(timeout, STOP_CHECK_INTERVAL)
             done, pending = concurrent.futures.wait(
                 pending, timeout=max(timeout, 0), return_when="ALL_COMPLETED"
             )
