@@ -1,0 +1,295 @@
+"""Helpers for the tests that run the queue in real processes: free ports,
+condition waits, and subprocesses that are always cleaned up."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import typing as t
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Mapping
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+#: The folder holding the small apps the subprocess tests load.
+APPS = Path(__file__).parent / "apps"
+
+#: Long enough for a loaded 2-core machine; a passing run never waits this long.
+TIMEOUT = 60.0
+
+T = t.TypeVar("T")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(
+    predicate: Callable[[], T | None],
+    timeout: float = TIMEOUT,
+    *,
+    interval: float = 0.05,
+    message: str | Callable[[], str] = "condition",
+) -> T:
+    """Call ``predicate`` until it returns something truthy and return that.
+
+    :param timeout: give up after this many seconds and fail the test.
+    :param message: what was waited for (or a callable producing it, e.g. a
+        process's output), shown when the wait fails.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            text = message() if callable(message) else message
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {text}")
+        time.sleep(interval)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a child process: this one without ``FLASK_*``,
+    ``PLAINQUEUE_*`` and the reloader's marker, with ``tests/apps`` importable,
+    plus ``extra``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("FLASK_", "PLAINQUEUE_", "PROCAPP_"))
+        and k != "WERKZEUG_RUN_MAIN"
+    }
+    path = [str(APPS), str(APPS.parent.parent)]
+    if env.get("PYTHONPATH"):
+        path.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(path)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def flask_args(app: str, *args: str) -> list[str]:
+    """``python -m flask --app APP ARGS...`` with this interpreter."""
+    return [sys.executable, "-m", "flask", "--app", app, *args]
+
+
+class Proc:
+    """A child process in its own process group, with its output in files."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], out: Path, err: Path) -> None:
+        self.popen = popen
+        self.out_path = out
+        self.err_path = err
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    def stdout(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def output(self) -> str:
+        """Both streams, for failure messages."""
+        return f"--- stdout ---\n{self.stdout()}\n--- stderr ---\n{self.stderr()}"
+
+    def signal(self, signum: int, *, group: bool = False) -> None:
+        """Send ``signum`` to the process (or its whole group, as a terminal's
+        Ctrl-C does)."""
+        if self.popen.poll() is not None:
+            return
+        if group:
+            os.killpg(self.popen.pid, signum)
+        else:
+            self.popen.send_signal(signum)
+
+    def wait(self, timeout: float = TIMEOUT) -> int:
+        """Wait for the exit and return the return code; fail on a timeout."""
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"process {self.popen.args!r} did not exit:\n{self.output()}")
+
+    def kill(self) -> None:
+        """SIGKILL the process group (children too) and reap the process."""
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.popen.wait(10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - unkillable
+            pass
+
+
+class Procs:
+    """Starts child processes for one test and kills whatever is left of them,
+    even when the test fails."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self._dir = tmp_path / "procs"
+        self._dir.mkdir(exist_ok=True)
+        self._procs: list[Proc] = []
+
+    def start(
+        self,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        stdin: int | None = subprocess.DEVNULL,
+    ) -> Proc:
+        """Start ``args`` in a new session (so its process group can be killed
+        at once), writing stdout and stderr to files."""
+        n = len(self._procs)
+        out = self._dir / f"{n}.out"
+        err = self._dir / f"{n}.err"
+        with out.open("wb") as out_file, err.open("wb") as err_file:
+            popen = subprocess.Popen(
+                list(args),
+                env=dict(env) if env is not None else child_env(),
+                cwd=cwd,
+                stdin=stdin,
+                stdout=out_file,
+                stderr=err_file,
+                start_new_session=True,
+            )
+        proc = Proc(popen, out, err)
+        self._procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in self._procs:
+            proc.kill()
+            if proc.popen.stdin is not None:
+                proc.popen.stdin.close()
+
+
+def procs_fixture(tmp_path: Path) -> Iterator[Procs]:
+    """The body of each module's ``procs`` fixture: subprocesses that are killed
+    (with their children) after the test, whether it passed or not."""
+    manager = Procs(tmp_path)
+    try:
+        yield manager
+    finally:
+        manager.close()
+
+
+def http(
+    method: str, url: str, data: object = None, *, timeout: float = 10.0
+) -> tuple[int, t.Any]:
+    """Send a JSON request; return the status and the decoded JSON body."""
+    body = None if data is None else json.dumps(data).encode()
+    request = urllib.request.Request(url, data=body, method=method)
+    if body is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read().decode(errors="replace")
+
+
+def http_ready(url: str) -> bool:
+    """Whether a GET of ``url`` answers 200 (False while the server starts)."""
+    try:
+        status, _ = http("GET", url, timeout=2.0)
+    except (OSError, ValueError):
+        return False
+    return status == 200
+
+
+class ProcApp:
+    """``tests/apps/procapp.py`` on a SQLite file under ``tmp_path``: the
+    environment for children that load it, an in-process app on the same file
+    (tables created) for enqueueing and inspecting, and readers for what the
+    children recorded."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.syspath_prepend(str(APPS))
+        import procapp
+
+        self.module = procapp
+        self.db_path = tmp_path / "queue.db"
+        self.uri = f"sqlite:///{self.db_path}"
+        self.workers_file = tmp_path / "workers.txt"
+        self.instance_path = tmp_path / "instance"
+        self.app = procapp.create_app(
+            SQLALCHEMY_DATABASE_URI=self.uri, PLAINQUEUE_EMBEDDED_WORKER=False
+        )
+        with self.app.app_context():
+            procapp.db.create_all()
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment for a child process that loads ``procapp``."""
+        return child_env(
+            PROCAPP_DATABASE_URI=self.uri,
+            PROCAPP_WORKERS_FILE=str(self.workers_file),
+            PROCAPP_INSTANCE_PATH=str(self.instance_path),
+            PROCAPP_LOG="1",
+            **extra,
+        )
+
+    def perform(self, task: str, data: t.Any = None) -> str:
+        """Enqueue from this process (another writer on the same file)."""
+        with self.app.app_context():
+            return self.module.queue.perform(task, data)
+
+    def workers(self) -> list[tuple[int, str, str]]:
+        """``(pid, thread name, worker id)`` of every worker started so far."""
+        if not self.workers_file.exists():
+            return []
+        lines = self.workers_file.read_text().splitlines()
+        return [(int(p), n, w) for p, n, w in (line.split(" ") for line in lines)]
+
+    def runs(self) -> list[tuple[str, int]]:
+        """``(key, pid)`` of every task run recorded so far."""
+        return self.module.read_runs(self.db_path)
+
+    def tasks(self) -> list[dict[str, t.Any]]:
+        """The queue table's rows, as dicts."""
+        import sqlite3
+
+        conn = sqlite3.connect(str(self.db_path), timeout=30)
+        conn.row_factory = sqlite3.Row
+        try:
+            rows = conn.execute("SELECT * FROM plainqueue_tasks ORDER BY id").fetchall()
+            return [dict(row) for row in rows]
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        with self.app.app_context():
+            self.module.db.session.remove()
+            self.module.db.engine.dispose()
+
+
+def proc_app_fixture(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ProcApp]:
+    """The body of each module's ``proc_app`` fixture."""
+    proc_app = ProcApp(tmp_path, monkeypatch)
+    try:
+        yield proc_app
+    finally:
+        proc_app.close()
