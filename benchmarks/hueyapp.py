@@ -44,12 +44,18 @@ _udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 _udp_port = int(os.environ.get("BENCH_UDP_PORT", "0"))
 _kind = os.environ.get("BENCH_TASK", "noop")
 end_time: list[float] = []
+rss_every = int(os.environ.get("BENCH_RSS_EVERY", "0"))
+rss_samples: list[tuple[int, float]] = []
 
 
 def _counted() -> None:
     global count
     with _lock:
         count += 1
+        if rss_every and count % rss_every == 0:
+            from .common import rss_mib
+
+            rss_samples.append((count, rss_mib()))
         if count == stop_after:
             end_time.append(time.time())
             done.set()

@@ -33,6 +33,7 @@ def main() -> None:
             count=hueyapp.count,
             rss_start=rss_start,
             rss_end=rss_mib(),
+            rss_samples=hueyapp.rss_samples,
         )
         sys.stdout.flush()
         os._exit(0)

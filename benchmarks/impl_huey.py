@@ -125,7 +125,7 @@ def idle_cpu(*, workdir: Path, seconds: float, sync: str) -> dict[str, t.Any]:
 
 
 def memory(*, workdir: Path, n: int, sync: str) -> dict[str, t.Any]:
-    env = _configure(workdir, sync, BENCH_STOP_AFTER=n)
+    env = _configure(workdir, sync, BENCH_STOP_AFTER=n, BENCH_RSS_EVERY=max(1, n // 10))
     from . import hueyapp
 
     storage = hueyapp.huey.storage
@@ -146,10 +146,16 @@ def memory(*, workdir: Path, n: int, sync: str) -> dict[str, t.Any]:
         procs.wait_all([worker], max(120.0, n / 100), log)
     finally:
         procs.stop([worker])
-    r = barrier.results()[0]
+    return memory_result(barrier.results()[0], n, start)
+
+
+def memory_result(r: dict[str, t.Any], n: int, start: float) -> dict[str, t.Any]:
+    """RSS at start and end, and growth after the first tenth of the tasks (the
+    warm-up of caches and thread stacks is not growth)."""
+    samples = [rss for _, rss in r["rss_samples"]]
     return {
         "rss_start_mib": r["rss_start"],
         "rss_end_mib": r["rss_end"],
-        "rss_growth_mib": r["rss_end"] - r["rss_start"],
+        "rss_growth_mib": max([r["rss_end"], *samples]) - (samples[0] if samples else r["rss_start"]),
         "rate": n / (r["end"] - start),
     }

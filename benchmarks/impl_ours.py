@@ -388,11 +388,6 @@ def memory(*, workdir: Path, n: int, batch: int) -> dict[str, t.Any]:
         timeout=max(120.0, n / 200),
         env_extra={"BENCH_TASK": "count", "BENCH_BATCH": batch, "BENCH_RSS_EVERY": max(1, n // 10)},
     )
-    r = results[0]
-    samples = [rss for _, rss in r["rss_samples"]]
-    return {
-        "rss_start_mib": r["rss_start"],
-        "rss_end_mib": r["rss_end"],
-        "rss_growth_mib": max([r["rss_end"], *samples]) - (samples[0] if samples else r["rss_start"]),
-        "rate": n / (r["end"] - start),
-    }
+    from .impl_huey import memory_result
+
+    return memory_result(results[0], n, start)

@@ -1,0 +1,372 @@
+"""Turning the rounds into the report: medians, min-max, per-round ratios, the
+issue's targets, a machine description, Markdown and reST tables, a PNG chart."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import platform
+import sqlite3
+import statistics
+import subprocess
+import typing as t
+from importlib import metadata
+from pathlib import Path
+
+from .cases import METRICS
+
+
+def machine() -> dict[str, t.Any]:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / 2**20:.1f} GiB"
+    except OSError:
+        pass
+    versions = {}
+    for dist in ("flask-plainqueue", "Flask", "Flask-SQLAlchemy", "SQLAlchemy", "psycopg",
+                 "huey", "procrastinate", "pgqueuer"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "not installed"
+    pg_version = "?"
+    try:
+        pg_version = subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-Atc",
+             "show server_version"],
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip() or "not reachable"
+    except (OSError, subprocess.SubprocessError):
+        pg_version = "psql not available"
+    fs = "?"
+    try:
+        fs = subprocess.run(["df", "-T", "/tmp"], capture_output=True, text=True, timeout=5
+                            ).stdout.splitlines()[1].split()[1]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory": mem,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "postgresql": pg_version,
+        "tmp_filesystem": fs,
+        "load_average_at_start": os.getloadavg(),
+        "versions": versions,
+    }
+
+
+@dataclasses.dataclass
+class Row:
+    scenario: dict[str, t.Any]
+    label: str
+    kind: str
+    metric: str
+    values: list[float]
+    ratios: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values) if self.values else float("nan")
+
+
+def rows(data: dict[str, t.Any]) -> list[Row]:
+    out = []
+    for s in data["scenarios"]:
+        primary = s["primary"]
+        for c in s["contenders"]:
+            label = c["label"]
+            runs = [r for r in s["runs"].get(label, []) if "error" not in r]
+            prim = {r["round"]: r for r in s["runs"].get(primary, []) if "error" not in r}
+            for metric in s["metrics"]:
+                values = [r[metric] for r in runs if metric in r]
+                ratios = []
+                if primary and label != primary:
+                    for r in runs:
+                        p = prim.get(r["round"])
+                        if p is not None and r.get(metric) and metric in p:
+                            ratios.append(p[metric] / r[metric])
+                out.append(Row(s, label, c["kind"], metric, values, ratios))
+    return out
+
+
+def fmt(value: float) -> str:
+    if value != value:  # NaN
+        return "–"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def spread(values: list[float]) -> str:
+    return f"{fmt(min(values))}–{fmt(max(values))}" if values else "–"
+
+
+def ratio_cell(row: Row) -> str:
+    if not row.ratios:
+        return ""
+    return f"{statistics.median(row.ratios):.2f}× ({min(row.ratios):.2f}–{max(row.ratios):.2f})"
+
+
+# -- targets ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    what: str
+    goal: str
+    check: t.Callable[[dict[tuple[str, str, str], Row]], tuple[str, bool | None]]
+
+
+OURS = "flask-plainqueue"
+
+
+def _value(rows_by: dict[tuple[str, str, str], Row], key: str, label: str, metric: str) -> float | None:
+    row = rows_by.get((key, label, metric))
+    return row.median if row and row.values else None
+
+
+def _at_least(key: str, label: str, metric: str, bound: float, unit: str) -> t.Callable[..., tuple[str, bool | None]]:
+    def check(by: dict[tuple[str, str, str], Row]) -> tuple[str, bool | None]:
+        v = _value(by, key, label, metric)
+        return ("not measured", None) if v is None else (f"{fmt(v)} {unit}", v >= bound)
+    return check
+
+
+def _at_most(key: str, label: str, metric: str, bound: float, unit: str) -> t.Callable[..., tuple[str, bool | None]]:
+    def check(by: dict[tuple[str, str, str], Row]) -> tuple[str, bool | None]:
+        v = _value(by, key, label, metric)
+        return ("not measured", None) if v is None else (f"{fmt(v)} {unit}", v <= bound)
+    return check
+
+
+def _ratio(key: str, label: str, metric: str, bound: float, what: str) -> t.Callable[..., tuple[str, bool | None]]:
+    def check(by: dict[tuple[str, str, str], Row]) -> tuple[str, bool | None]:
+        row = by.get((key, label, metric))
+        if row is None or not row.ratios:
+            return "not measured", None
+        r = statistics.median(row.ratios)
+        return f"{r:.2f}× {what}", r >= bound
+    return check
+
+
+def _both(*checks: t.Callable[..., tuple[str, bool | None]]) -> t.Callable[..., tuple[str, bool | None]]:
+    def check(by: dict[tuple[str, str, str], Row]) -> tuple[str, bool | None]:
+        parts = [c(by) for c in checks]
+        oks = [ok for _, ok in parts]
+        ok = None if any(o is None for o in oks) else all(oks)
+        return "; ".join(text for text, _ in parts), ok
+    return check
+
+
+HUEY_FULL = "Huey SqliteStorage, synchronous=FULL (its default)"
+TARGETS = (
+    Target("processing, batch 100, 1 process (SQLite)", "≥ 25,000/s and ≥ 10× Huey",
+           _both(_at_least("process-b100", OURS, "rate", 25_000, "tasks/s"),
+                 _ratio("process-b100", f"{HUEY_FULL}, 1 thread worker (no batches)", "rate", 10,
+                        "Huey (FULL)"))),
+    Target("processing, batch 1 (SQLite)", "≥ 0.7× raw sqlite3 in the same run",
+           _ratio("process-b1", "raw sqlite3 claim/delete loop", "rate", 0.7, "raw")),
+    Target("`perform` one by one (SQLite)", "≥ 5,000/s",
+           _at_least("enqueue-one", OURS, "rate", 5_000, "tasks/s")),
+    Target("`perform_many` (SQLite)", "≥ 80,000/s",
+           _at_least("enqueue-many", OURS, "rate", 80_000, "tasks/s")),
+    Target("embedded pickup p50 (SQLite)", "≤ 2 ms",
+           _at_most("latency-embedded", f"{OURS}, embedded worker thread", "p50_ms", 2, "ms")),
+    Target("cross-process pickup p50 (SQLite)", "≤ 15 ms at ≤ 1% idle CPU",
+           _both(_at_most("latency-process", f"{OURS}, `flask queue work`", "p50_ms", 15, "ms"),
+                 _at_most("idle-sqlite", f"{OURS}, `flask queue work`", "cpu_pct", 1, "% idle CPU"))),
+    Target("processing, batch 100, 1 process (PostgreSQL)", "≥ 10,000/s",
+           _at_least("process-pg-b100", OURS, "rate", 10_000, "tasks/s")),
+    Target("pickup p50 (PostgreSQL)", "≤ 5 ms",
+           _at_most("latency-pg", f"{OURS}, `flask queue work`", "p50_ms", 5, "ms")),
+    Target("worker RSS", "≤ 60 MiB, flat",
+           _both(_at_most("memory", f"{OURS}, batch_size=100", "rss_end_mib", 60, "MiB at end"),
+                 _at_most("memory", f"{OURS}, batch_size=100", "rss_growth_mib", 5, "MiB growth"))),
+    Target("1M waiting vs 1k waiting (batch 100)", "≥ 0.8×",
+           lambda by: _scale_check(by, "scale-b100")),
+    Target("1M waiting vs 1k waiting (batch 1)", "≥ 0.8×",
+           lambda by: _scale_check(by, "scale-b1")),
+)
+
+
+def _scale_check(by: dict[tuple[str, str, str], Row], key: str) -> tuple[str, bool | None]:
+    for (k, _label, metric), row in by.items():
+        if k == key and metric == "rate" and row.ratios:
+            r = statistics.median(row.ratios)
+            return f"{r:.2f}× (big table / small table)", r >= 0.8
+    return "not measured", None
+
+
+# -- output -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Tables:
+    markdown: str
+    rst: str
+
+
+def _header(data: dict[str, t.Any]) -> list[tuple[str, str]]:
+    m = data["machine"]
+    v = m["versions"]
+    s = data["settings"]
+    return [
+        ("Run", f"{data['started']} UTC, {data['duration_s'] / 60:.1f} min"),
+        ("Command", f"``{data['command']}``"),
+        ("Settings", f"N={s['n']:,}, {s['rounds']} rounds, memory N={s['mem_n']:,},"
+                     f" scale {s['scale_waiting']:,} waiting, latency samples={s['samples']},"
+                     f" idle {s['idle_seconds']:g} s"),
+        ("Machine", f"{m['cpu']}, {m['cores']} cores, {m['memory']} RAM, {m['os']},"
+                    f" /tmp on {m['tmp_filesystem']}; load average at start "
+                    + ", ".join(f"{x:.2f}" for x in m["load_average_at_start"])),
+        ("Software", f"Python {m['python']}, SQLite {m['sqlite']}, PostgreSQL {m['postgresql']}; "
+                     + ", ".join(f"{k} {val}" for k, val in v.items())),
+        *([("Note", data["note"])] if data.get("note") else []),
+    ]
+
+
+def build(data: dict[str, t.Any]) -> Tables:
+    all_rows = rows(data)
+    by = {(r.scenario["key"], r.label, r.metric): r for r in all_rows}
+    md: list[str] = ["# flask-plainqueue benchmarks", ""]
+    for k, v in _header(data):
+        md.append(f"- **{k}**: {v.replace('``', '`')}")
+    md += ["", "Median of the rounds, min–max in brackets; the ratio is taken per round"
+           " (first contender of the scenario / this one, so > 1 means the first is"
+           " faster for tasks/s and slower for ms, % and MiB) and summarised the same way.", ""]
+    rst: list[str] = [".. list-table:: Run", "   :widths: 15 85", ""]
+    for k, v in _header(data):
+        rst += [f"   * - {k}", f"     - {v}"]
+    rst.append("")
+
+    md += ["## Targets (issue 6)", "", "| target | goal | measured | met |", "|---|---|---|---|"]
+    rst += [".. list-table:: Targets (issue 6)", "   :header-rows: 1", "",
+            "   * - target", "     - goal", "     - measured", "     - met"]
+    for target in TARGETS:
+        text, ok = target.check(by)
+        mark = "–" if ok is None else ("yes" if ok else "**no**")
+        md.append(f"| {target.what} | {target.goal} | {text} | {mark} |")
+        rst += [f"   * - {_rst(target.what)}", f"     - {target.goal}", f"     - {_rst(text)}",
+                f"     - {'–' if ok is None else ('yes' if ok else '**no**')}"]
+    md.append("")
+    rst.append("")
+
+    for s in data["scenarios"]:
+        md += [f"## {s['title']}", ""]
+        rst += [f".. list-table:: {_rst(s['title'])}", "   :header-rows: 1", "   :widths: 40 15 20 25", "",
+                "   * - contender", "     - median", "     - min–max", "     - ratio (first / this)"]
+        md += ["| contender | metric | median | min–max | ratio first/this | rounds |",
+               "|---|---|---:|---:|---:|---:|"]
+        for c in s["contenders"]:
+            for metric in s["metrics"]:
+                row = by[(s["key"], c["label"], metric)]
+                unit = METRICS[metric][0]
+                label = c["label"] + (" *(reference)*" if c["kind"] == "reference" else "")
+                if c["label"] in s["skipped"]:
+                    md.append(f"| {label} | {unit} | skipped: {s['skipped'][c['label']]} | | | 0 |")
+                    rst += [f"   * - {_rst(label)} ({unit})", f"     - skipped: {_rst(s['skipped'][c['label']])}",
+                            "     -", "     -"]
+                    continue
+                errors = [r["error"] for r in s["runs"].get(c["label"], []) if "error" in r]
+                md.append(f"| {label} | {unit} | {fmt(row.median)} | {spread(row.values)} |"
+                          f" {ratio_cell(row)} | {len(row.values)}"
+                          + (f" ({len(errors)} failed)" if errors else "") + " |")
+                rst += [f"   * - {_rst(label)} ({unit})", f"     - {fmt(row.median)}",
+                        f"     - {spread(row.values)}", f"     - {ratio_cell(row) or '–'}"]
+        extras = _extras(s)
+        if s.get("note") or extras:
+            md += ["", " ".join(filter(None, [s.get("note", ""), extras]))]
+            rst += ["", " ".join(filter(None, [_rst(s.get("note", "")), _rst(extras)]))]
+        md.append("")
+        rst.append("")
+    return Tables("\n".join(md) + "\n", "\n".join(rst) + "\n")
+
+
+def _extras(s: dict[str, t.Any]) -> str:
+    """Side facts a measurement reported (failed attempts of the realistic task)."""
+    parts = []
+    for label, runs in s["runs"].items():
+        failed = [r["failed_rows"] for r in runs if r.get("failed_rows")]
+        if failed:
+            parts.append(f"{label}: tasks with a failed attempt per round: {failed}.")
+    return " ".join(parts)
+
+
+def _rst(text: str) -> str:
+    return text.replace("`", "``").replace("````", "``").replace("*", "\\*").replace("|", "\\|")
+
+
+def chart(data: dict[str, t.Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        (s, metric)
+        for s in data["scenarios"]
+        for metric in s["metrics"]
+        if metric != "rss_growth_mib" and any(s["runs"].get(c["label"]) for c in s["contenders"])
+    ]
+    if not panels:
+        return
+    all_rows = {(r.scenario["key"], r.label, r.metric): r for r in rows(data)}
+    cols = 2
+    nrows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(15, 2.3 * nrows + 0.8), squeeze=False)
+    colors = {"ours": "#2563eb", "peer": "#f59e0b", "reference": "#9ca3af"}
+    for ax, (s, metric) in zip(axes.flat, panels):
+        labels, medians, lo, hi, cols_ = [], [], [], [], []
+        for c in s["contenders"]:
+            row = all_rows[(s["key"], c["label"], metric)]
+            if not row.values:
+                continue
+            labels.append(_wrap(c["label"]))
+            medians.append(row.median)
+            lo.append(row.median - min(row.values))
+            hi.append(max(row.values) - row.median)
+            cols_.append(colors.get(c["kind"], "#6b7280"))
+        y = list(range(len(labels)))[::-1]
+        ax.barh(y, medians, xerr=[lo, hi], color=cols_, capsize=3)
+        ax.set_yticks(y, labels, fontsize=7)
+        unit, higher = METRICS[metric]
+        ax.set_title(f"{_wrap(s['title'], 80)}\n{unit} ({'higher' if higher else 'lower'} is better)",
+                     fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+        for yi, m, h in zip(y, medians, hi):
+            ax.text(m + h, yi, f" {fmt(m)}", va="center", fontsize=7)
+        ax.set_xlim(0, max(m + h for m, h in zip(medians, hi)) * 1.25 if medians else 1)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    stamp = datetime.datetime.fromisoformat(data["started"]).strftime("%Y-%m-%d %H:%M UTC")
+    fig.suptitle(f"flask-plainqueue benchmarks, {stamp}: median and min–max of"
+                 f" {data['settings']['rounds']} rounds (blue: ours, orange: peers, grey: raw"
+                 " reference)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.99))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _wrap(text: str, width: int = 42) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text.replace("`", ""), width))
