@@ -41,7 +41,9 @@ class TaskMetrics:
     def __init__(self) -> None:
         self.lock = threading.Lock()  # receivers run on the worker's threads
         self.attempts: collections.Counter[tuple[str, str]] = collections.Counter()
-        self.seconds: collections.Counter[str] = collections.Counter()
+        self.seconds: collections.defaultdict[str, float] = collections.defaultdict(
+            float
+        )
 
     def init_app(self, app: Flask) -> None:
         # weak=False: the bound methods below would otherwise be collected.
