@@ -73,10 +73,10 @@ def record_batch(data: dict[str, str]) -> None:
 
 @queue.task(name="block", max_retries=0)
 def block(data: dict[str, t.Any]) -> None:
-    """Append ``pid`` to ``data["started"]``, wait until ``data["release"]``
+    """Append ``pid time`` to ``data["started"]``, wait until ``data["release"]``
     exists, then record the run."""
     with open(data["started"], "a") as f:
-        f.write(f"{os.getpid()}\n")
+        f.write(f"{os.getpid()} {time.time()}\n")
     deadline = time.monotonic() + float(data.get("timeout", 120))
     while not os.path.exists(data["release"]):
         if time.monotonic() > deadline:
@@ -156,16 +156,23 @@ def create_app(**config: t.Any) -> Flask:
         click.echo(json.dumps(worker_state(app)))
 
     @app.cli.command("enqueue")
-    @click.option("--task", default="record")
+    @click.option("--task", "tasks", multiple=True, default=["record"])
     @click.option("--count", type=int, default=1)
     @click.option("--chunk", type=int, default=1)
     @click.option("--prefix", default="k")
-    def enqueue(task: str, count: int, chunk: int, prefix: str) -> None:
-        """Enqueue ``count`` tasks keyed ``PREFIX0``, ``PREFIX1``, ... in
-        transactions of ``chunk``."""
-        for start in range(0, count, chunk):
-            keys = range(start, min(start + chunk, count))
-            queue.perform_many(task, [{"key": f"{prefix}{i}"} for i in keys])
+    def enqueue(tasks: tuple[str, ...], count: int, chunk: int, prefix: str) -> None:
+        """Enqueue ``count`` tasks keyed ``PREFIX0``, ``PREFIX1``, ...: one
+        ``perform`` each with ``--chunk 1``, else ``perform_many`` of ``chunk``.
+        Several ``--task`` take turns, chunk by chunk."""
+        for n, start in enumerate(range(0, count, chunk)):
+            task = tasks[n % len(tasks)]
+            items = [
+                {"key": f"{prefix}{i}"} for i in range(start, min(start + chunk, count))
+            ]
+            if chunk == 1:
+                queue.perform(task, items[0])
+            else:
+                queue.perform_many(task, items)
         click.echo(f"enqueued {count}")
 
     return app
