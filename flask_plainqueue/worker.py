@@ -419,7 +419,7 @@ class Worker:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(
-                    target=loop.run_forever, name="plainqueue-asyncio", daemon=True
+                    target=_run_loop, args=(loop,), name="plainqueue-asyncio", daemon=True
                 )
                 thread.start()
                 self._loop, self._loop_thread = loop, thread
@@ -594,6 +594,15 @@ class Worker:
             now + datetime.timedelta(seconds=delay),
             dead=dead,
         )
+
+
+def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+    # Closing here, once ``close()`` has stopped the loop, releases the loop's
+    # self-pipe sockets; each drain() would otherwise leak two file descriptors.
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
 
 
 def _decode(task: ClaimedTask) -> t.Any:
