@@ -197,6 +197,8 @@ def test_testing_page_examples_pass(tmp_path: Path) -> None:
             str(EXAMPLES / "test_with_queue.py"),
         ],
         cwd=tmp_path,
+        # A clean run of that file alone, whatever options this run was given.
+        env={k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")},
         capture_output=True,
         text=True,
         timeout=300,
