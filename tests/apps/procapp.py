@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import typing as t
@@ -185,7 +186,13 @@ def worker_state(app: Flask) -> dict[str, t.Any]:
         "pid": os.getpid(),
         "embedded": thread is not None and thread.is_alive(),
         "threads": sorted(x.name for x in threading.enumerate()),
+        "gevent": _gevent_patched(),
     }
+
+
+def _gevent_patched() -> bool:
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and bool(monkey.is_module_patched("threading"))
 
 
 def read_runs(path: Path | str) -> list[tuple[str, int]]:
