@@ -38,7 +38,7 @@ def free_port() -> int:
 
 
 def wait_for(
-    predicate: Callable[[], T | None],
+    predicate: Callable[[], T | None | t.Literal[False]],
     timeout: float = TIMEOUT,
     *,
     interval: float = 0.05,

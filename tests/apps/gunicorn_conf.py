@@ -15,8 +15,6 @@ import typing as t
 
 if t.TYPE_CHECKING:
     from flask import Flask
-    from gunicorn.arbiter import Arbiter
-    from gunicorn.workers.base import Worker
 
     from flask_plainqueue import PlainQueue
 
@@ -24,18 +22,21 @@ if t.TYPE_CHECKING:
 #: ``~/.gunicorn`` (the setting is ignored by versions without it).
 control_socket_disable = True
 
+# gunicorn ships no type hints, so its arbiter and workers are typed as Any.
 
-def _app_and_queue(worker: Worker) -> tuple[Flask, PlainQueue]:
+
+def _app_and_queue(worker: t.Any) -> tuple[Flask, PlainQueue]:
     app: Flask = worker.wsgi
     return app, app.extensions["plainqueue"]
 
 
-def post_worker_init(worker: Worker) -> None:
+def post_worker_init(worker: t.Any) -> None:
+    """Start the queue worker once this web worker has loaded the app."""
     app, queue = _app_and_queue(worker)
     queue.start_worker(app)
 
 
-def worker_exit(server: Arbiter, worker: Worker) -> None:
-    # Hand back what the queue worker is running before the process ends.
+def worker_exit(server: t.Any, worker: t.Any) -> None:
+    """Stop it, handing back what it runs, before the process ends."""
     app, queue = _app_and_queue(worker)
     queue.stop_worker(app, timeout=5)

@@ -167,7 +167,7 @@ def create_app(**config: t.Any) -> Flask:
         Several ``--task`` take turns, chunk by chunk."""
         for n, start in enumerate(range(0, count, chunk)):
             task = tasks[n % len(tasks)]
-            items = [
+            items: list[t.Any] = [
                 {"key": f"{prefix}{i}"} for i in range(start, min(start + chunk, count))
             ]
             if chunk == 1:
