@@ -43,9 +43,24 @@ def ok(data: t.Any) -> None:
 def fail(data: t.Any) -> None:
     """Fails at once and for good, with ``data["error"]`` as the message."""
     message = data.get("error", "boom") if isinstance(data, dict) else "boom"
-    if isinstance(data, dict) and data.get("ok_file") and os.path.exists(data["ok_file"]):
+    if (
+        isinstance(data, dict)
+        and data.get("ok_file")
+        and os.path.exists(data["ok_file"])
+    ):
         return
     raise ValueError(message)
+
+
+@queue.task(name="emails.send_welcome", batch_size=5)
+def send_welcome(data: t.Any) -> None:
+    """Succeeds (a stand-in for sending an email)."""
+
+
+@queue.task(name="invoices.render", max_retries=2, retry_interval=0.0)
+def render_invoice(data: t.Any) -> None:
+    """Fails (a stand-in for a task with a bug)."""
+    raise RuntimeError(f"template 'invoice.html' not found for invoice {data}")
 
 
 @queue.dashboard_auth
@@ -56,7 +71,9 @@ def logged_in() -> bool:
 def create_app(**config: t.Any) -> Flask:
     app = Flask(__name__, instance_path=os.environ.get("OPSAPP_INSTANCE_PATH"))
     app.config.update(
-        SQLALCHEMY_DATABASE_URI=os.environ.get("OPSAPP_DATABASE_URI", "sqlite:///ops.db"),
+        SQLALCHEMY_DATABASE_URI=os.environ.get(
+            "OPSAPP_DATABASE_URI", "sqlite:///ops.db"
+        ),
         SECRET_KEY="ops-test-secret",
         PLAINQUEUE_DASHBOARD=True,
         PLAINQUEUE_EMBEDDED_WORKER=False,
