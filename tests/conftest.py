@@ -50,11 +50,13 @@ def create_test_app(
     """A fresh app, db and queue, so metadata and registries never leak."""
     app = Flask(__name__, instance_path=str(instance_path))
     app.config.update(
-        SQLALCHEMY_DATABASE_URI=database_uri,
-        TESTING=True,
-        SECRET_KEY="test",
-        PLAINQUEUE_LEASE_SECONDS=30,
-        **config,
+        {
+            "SQLALCHEMY_DATABASE_URI": database_uri,
+            "TESTING": True,
+            "SECRET_KEY": "test",
+            "PLAINQUEUE_LEASE_SECONDS": 30,
+            **config,
+        }
     )
     db = SQLAlchemy()
     db.init_app(app)

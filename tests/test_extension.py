@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+
+from conftest import Env
+from conftest import create_test_app
+from flask_plainqueue import PlainQueue
+
+
+def test_init_app_registers_one_extension_key(env: Env) -> None:
+    assert env.app.extensions["plainqueue"] is env.queue
+    assert "queue" in env.app.cli.commands
+
+
+def test_second_init_app_is_refused(env: Env) -> None:
+    with pytest.raises(RuntimeError, match="already been registered"):
+        env.queue.init_app(env.app)
+
+
+def test_db_is_found_on_the_app_when_omitted(sqlite_uri: str, tmp_path: Path) -> None:
+    app = Flask(__name__, instance_path=str(tmp_path))
+    app.config["SQLALCHEMY_DATABASE_URI"] = sqlite_uri
+    db = SQLAlchemy(app)
+    queue = PlainQueue(app)
+    assert queue.db is db
+    with app.app_context():
+        db.create_all()
+        assert sa.inspect(db.engine).has_table("plainqueue_tasks")
+
+
+def test_constructor_with_app_and_db(sqlite_uri: str, tmp_path: Path) -> None:
+    app = Flask(__name__, instance_path=str(tmp_path))
+    app.config["SQLALCHEMY_DATABASE_URI"] = sqlite_uri
+    db = SQLAlchemy(app)
+    queue = PlainQueue(app, db)
+    assert app.extensions["plainqueue"] is queue
+
+
+def test_init_app_without_flask_sqlalchemy_names_the_fix(tmp_path: Path) -> None:
+    app = Flask(__name__, instance_path=str(tmp_path))
+    with pytest.raises(RuntimeError, match=r"db.init_app\(app\)"):
+        PlainQueue().init_app(app)
+
+
+def test_task_model_before_init_app_names_the_fix() -> None:
+    with pytest.raises(RuntimeError, match="init_app"):
+        PlainQueue().Task  # noqa: B018
+
+
+def test_table_name_from_config(sqlite_uri: str, tmp_path: Path) -> None:
+    app, db, queue = create_test_app(sqlite_uri, tmp_path, PLAINQUEUE_TABLE="jobs_q")
+    assert queue.Task.__table__.name == "jobs_q"
+    with app.app_context():
+        db.create_all()
+        assert sa.inspect(db.engine).has_table("jobs_q")
+
+
+def test_queue_table_is_on_db_metadata(env: Env) -> None:
+    assert env.queue.Task.__table__ is env.db.metadata.tables["plainqueue_tasks"]
+
+
+def test_two_apps_share_one_queue(tmp_path: Path) -> None:
+    db = SQLAlchemy()
+    queue = PlainQueue(db=db)
+    seen: list[str] = []
+
+    @queue.task
+    def record(data: str) -> None:
+        seen.append(data)
+
+    apps = []
+    for i in range(2):
+        app = Flask(__name__, instance_path=str(tmp_path / str(i)))
+        app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / f'{i}.db'}"
+        db.init_app(app)
+        queue.init_app(app)
+        apps.append(app)
+    for i, app in enumerate(apps):
+        with app.app_context():
+            db.create_all()
+            queue.perform(record, f"app{i}")
+    with apps[1].app_context():
+        assert queue.drain() == 1
+    assert seen == ["app1"]
+    with apps[0].app_context():
+        assert queue.drain() == 1
+    assert seen == ["app1", "app0"]
+
+
+def test_perform_outside_app_context_names_the_fix(env: Env) -> None:
+    @env.queue.task
+    def noop(data: object) -> None:
+        pass
+
+    with pytest.raises(RuntimeError, match="app_context"):
+        env.queue.perform(noop)
+
+
+def test_unregistered_app_names_the_fix(env: Env, tmp_path: Path) -> None:
+    other = Flask(__name__, instance_path=str(tmp_path / "other"))
+
+    @env.queue.task
+    def noop(data: object) -> None:
+        pass
+
+    with other.app_context(), pytest.raises(RuntimeError, match="init_app"):
+        env.queue.perform(noop)
+
+
+def test_sqlite_pragmas_are_set_on_the_app_engine(env: Env) -> None:
+    with env.app.app_context():
+        if env.db.engine.dialect.name != "sqlite":
+            pytest.skip("SQLite only")
+        with env.db.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            # NORMAL is 1
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+
+
+def test_synchronous_full_is_configurable(sqlite_uri: str, tmp_path: Path) -> None:
+    app, db, queue = create_test_app(
+        sqlite_uri, tmp_path, PLAINQUEUE_SQLITE_SYNCHRONOUS="full"
+    )
+    with app.app_context(), db.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+
+
+def test_app_sessions_keep_deferred_transactions(env: Env) -> None:
+    """The queue must not make every app transaction take the write lock."""
+    with env.app.app_context():
+        if env.db.engine.dialect.name != "sqlite":
+            pytest.skip("SQLite only")
+        env.db.session.execute(sa.text("SELECT 1"))
+        # A second connection can still write while the app session reads.
+        with env.db.engine.connect() as other:
+            other.exec_driver_sql("BEGIN IMMEDIATE")
+            other.rollback()
+        env.db.session.rollback()

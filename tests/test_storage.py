@@ -1,0 +1,219 @@
+"""Enqueueing and claiming against the real database (SQLite file and PostgreSQL)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import threading
+import typing as t
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+
+from conftest import Env
+from flask_plainqueue.storage import Outcomes
+
+UTC = datetime.timezone.utc
+
+
+def _rows(env: Env) -> list[t.Any]:
+    return list(env.db.session.scalars(sa.select(env.queue.Task).order_by("id")))
+
+
+@pytest.fixture
+def noop(env: Env) -> t.Any:
+    @env.queue.task(name="noop", batch_size=3)
+    def noop(data: t.Any) -> None:
+        pass
+
+    return noop
+
+
+@pytest.mark.usefixtures("app_ctx")
+def test_perform_commits_and_returns_the_id(env: Env, noop: t.Any) -> None:
+    task_id = env.queue.perform(noop, {"email": "a@example.com"})
+    assert isinstance(task_id, str)
+    # Visible from another connection: it was committed.
+    with env.db.engine.connect() as conn:
+        row = conn.execute(sa.select(env.queue.Task.__table__)).one()
+    assert str(row.id) == task_id
+    assert row.name == "noop"
+    assert row.status == "queued"
+    assert row.failed_nr == 0
+    assert row.created.tzinfo is not None
+
+
+@pytest.mark.usefixtures("app_ctx")
+def test_definition_perform_is_the_same(env: Env, noop: t.Any) -> None:
+    task_id = noop.perform([1, 2])
+    (row,) = _rows(env)
+    assert str(row.id) == task_id
+    assert json.loads(row.data) == [1, 2]
+
+
+@pytest.mark.usefixtures("app_ctx")
+def test_commit_false_joins_the_callers_transaction(env: Env, noop: t.Any) -> None:
+    class Note(env.db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = "note"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    env.db.create_all()
+    env.db.session.add(Note(id=1))
+    env.queue.perform(noop, 1, commit=False)
+    env.db.session.rollback()
+    assert _rows(env) == []
+    assert env.db.session.get(Note, 1) is None
+
+    env.db.session.add(Note(id=2))
+    env.queue.perform(noop, 2, commit=False)
+    env.db.session.commit()
+    assert [json.loads(r.data) for r in _rows(env)] == [2]
+    assert env.db.session.get(Note, 2) is not None
+
+
+@pytest.mark.usefixtures("app_ctx")
+@pytest.mark.parametrize("bad", [object(), {"when": datetime.datetime.now()}, float("nan")])
+def test_non_json_data_is_a_type_error_and_writes_nothing(
+    env: Env, noop: t.Any, bad: t.Any
+) -> None:
+    with pytest.raises(TypeError, match="noop"):
+        env.queue.perform(noop, bad)
+    with pytest.raises(TypeError, match="noop"):
+        env.queue.perform(noop, bad, commit=False)
+    with pytest.raises(TypeError):
+        env.queue.perform_many(noop, [1, 2, bad])
+    env.db.session.commit()
+    assert _rows(env) == []
+
+
+@pytest.mark.usefixtures("app_ctx")
+def test_perform_many_in_one_transaction(env: Env, noop: t.Any) -> None:
+    ids = env.queue.perform_many(noop, [{"n": i} for i in range(250)])
+    assert len(ids) == 250 == len(set(ids))
+    rows = _rows(env)
+    assert [str(r.id) for r in rows] == ids
+    assert [json.loads(r.data) for r in rows[:2]] == [{"n": 0}, {"n": 1}]
+    assert env.queue.perform_many(noop, []) == []
+
+    env.queue.perform_many(noop, [1, 2], commit=False)
+    env.db.session.rollback()
+    assert len(_rows(env)) == 250
+
+
+@pytest.mark.usefixtures("app_ctx")
+def test_bad_scheduling_arguments(env: Env, noop: t.Any) -> None:
+    with pytest.raises(ValueError, match="delay"):
+        env.queue.perform(noop, delay=-1)
+    with pytest.raises(ValueError, match="naive"):
+        env.queue.perform(noop, run_at=datetime.datetime(2030, 1, 1))
+    with pytest.raises(TypeError, match="unique_key"):
+        env.queue.perform(noop, unique_key=42)  # type: ignore[arg-type]
+    assert _rows(env) == []
+
+
+def _storage(env: Env) -> t.Any:
+    return env.queue._state(env.app).storage
+
+
+def _claim(env: Env, owner: str, now: datetime.datetime, **kw: t.Any) -> list[t.Any]:
+    return _storage(env).claim(  # type: ignore[no-any-return]
+        owner=owner,
+        names=kw.pop("names", ["noop"]),
+        batch_sizes=kw.pop("batch_sizes", {"noop": 3, "other": 2}),
+        now=now,
+        until=now + datetime.timedelta(seconds=30),
+        **kw,
+    )
+
+
+@pytest.mark.usefixtures("app_ctx")
+def test_claim_takes_a_batch_in_order_and_leases_it(env: Env, noop: t.Any) -> None:
+    ids = [int(env.queue.perform(noop, i)) for i in range(5)]
+    urgent = int(env.queue.perform(noop, "urgent", priority=10))
+    now = datetime.datetime.now(UTC)
+    first = _claim(env, "w1", now)
+    assert [c.id for c in first] == [urgent, ids[0], ids[1]]
+    assert all(c.attempts == 1 for c in first)
+    second = _claim(env, "w2", now)
+    assert [c.id for c in second] == ids[2:5]
+    assert _claim(env, "w3", now) == []
+    # A lease that ran out makes the rows due again for anyone.
+    later = now + datetime.timedelta(seconds=31)
+    third = _claim(env, "w3", later)
+    assert [c.id for c in third] == [urgent, ids[0], ids[1]]
+    assert all(c.attempts == 2 for c in third)
+    # The first owner no longer holds them: its completion is ignored.
+    outcomes = Outcomes(completed=[(c.id, c.attempts) for c in first])
+    _storage(env).settle("w1", outcomes, later)
+    assert len(_rows(env)) == 6
+
+
+@pytest.mark.usefixtures("app_ctx")
+def test_claim_picks_the_name_of_the_next_task(env: Env, noop: t.Any) -> None:
+    @env.queue.task(name="other")
+    def other(data: t.Any) -> None:
+        pass
+
+    env.queue.perform(other, 1)
+    env.queue.perform(noop, 2)
+    env.queue.perform(other, 3)
+    now = datetime.datetime.now(UTC)
+    names = ["noop", "other"]
+    batch = _claim(env, "w", now, names=names)
+    assert [c.name for c in batch] == ["other", "other"]
+    assert [c.name for c in _claim(env, "w", now, names=names)] == ["noop"]
+
+
+@pytest.mark.usefixtures("app_ctx")
+def test_delayed_tasks_are_not_due_yet(env: Env, noop: t.Any) -> None:
+    first = int(env.queue.perform(noop, 1, delay=60))
+    run_at = datetime.datetime.now(UTC) + datetime.timedelta(seconds=120)
+    second = int(env.queue.perform(noop, 2, run_at=run_at))
+    now = datetime.datetime.now(UTC)
+    assert _claim(env, "w", now) == []
+    assert _claim(env, "w", now + datetime.timedelta(seconds=59)) == []
+    assert [c.id for c in _claim(env, "w", now + datetime.timedelta(seconds=61))] == [first]
+    # By then the first one's lease (30 s) has run out as well.
+    later = now + datetime.timedelta(seconds=121)
+    assert sorted(c.id for c in _claim(env, "w2", later)) == [first, second]
+
+
+@pytest.mark.usefixtures("app_ctx")
+def test_unique_key_returns_the_waiting_task(env: Env, noop: t.Any) -> None:
+    first = env.queue.perform(noop, 1, unique_key="user:42")
+    assert env.queue.perform(noop, 2, unique_key="user:42") == first
+    other = env.queue.perform(noop, 3, unique_key="user:43")
+    assert other != first
+    assert len(_rows(env)) == 2
+    env.queue.drain()
+    assert env.queue.perform(noop, 4, unique_key="user:42") != first
+
+
+def test_concurrent_claims_never_share_a_row(env: Env, noop: t.Any) -> None:
+    with env.app.app_context():
+        env.queue.perform_many(noop, list(range(300)))
+    seen: list[int] = []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def claimer(owner: str) -> None:
+        try:
+            with env.app.app_context():
+                while True:
+                    batch = _claim(env, owner, datetime.datetime.now(UTC))
+                    if not batch:
+                        return
+                    with lock:
+                        seen.extend(c.id for c in batch)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    assert len(seen) == 300 == len(set(seen))
