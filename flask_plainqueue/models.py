@@ -149,6 +149,8 @@ def build_task_model(db: SQLAlchemy, table: str) -> type[TaskModel]:
                 sqlite_where=unique,
                 postgresql_where=unique,
             ),
+            # Never reuse the id of a finished task: ids are handed to users.
+            {"sqlite_autoincrement": True},
         ),
         "id": mapped_column(big_id, primary_key=True, autoincrement=True),
         "name": mapped_column(sa.String(255), nullable=False),
