@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 
 import nox
 
@@ -15,10 +16,19 @@ nox.options.reuse_existing_virtualenvs = True
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 
 
+def _runs(version: str) -> bool:
+    # A pyenv shim exists for every installed version but fails unless that
+    # version is selected, so finding the name is not enough.
+    path = shutil.which(f"python{version}")
+    if path is None:
+        return False
+    return subprocess.run([path, "-c", ""], capture_output=True).returncode == 0
+
+
 def _installed(versions: list[str]) -> list[str]:
-    """The versions nox can find on this machine, so that a missing interpreter
-    does not fail CI; the newest listed one if none is found."""
-    found = [v for v in versions if shutil.which(f"python{v}")]
+    """The versions that run on this machine, so that a missing interpreter
+    does not fail CI; the newest listed one if none does."""
+    found = [v for v in versions if _runs(v)]
     return found or [versions[-1]]
 
 
