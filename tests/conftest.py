@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import typing as t
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,15 +29,47 @@ def _postgresql_uri() -> str:
     return POSTGRESQL_URL
 
 
+@pytest.fixture
+def postgresql_uri() -> Iterator[str]:
+    """``TEST_POSTGRESQL_URL`` pointed at a fresh schema of its own (through the
+    connection's ``search_path``), dropped with everything in it afterwards: tests
+    and concurrent test runs never see each other's tables, and the database is
+    left as it was. Skips when ``TEST_POSTGRESQL_URL`` is unset."""
+    import sqlalchemy as sa
+
+    base = sa.make_url(_postgresql_uri())
+    schema = f"pq_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base, poolclass=sa.NullPool)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    # application_name marks this test's connections, so teardown can end those
+    # a failed test left open (they would hold locks on the schema's tables).
+    url = base.update_query_dict(
+        {"options": f"-csearch_path={schema}", "application_name": schema}
+    )
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %(name)s AND pid <> pg_backend_pid()",
+                {"name": schema},
+            )
+            conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        admin.dispose()
+
+
 @pytest.fixture(
     params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)]
 )
 def database_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh database: a SQLite file under ``tmp_path`` (never ``sqlite://``,
-    whose one shared connection hides concurrency bugs), or PostgreSQL."""
+    whose one shared connection hides concurrency bugs), or a fresh PostgreSQL
+    schema (see ``postgresql_uri``)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'queue.db'}"
-    return _postgresql_uri()
+    return t.cast(str, request.getfixturevalue("postgresql_uri"))
 
 
 @pytest.fixture
