@@ -62,9 +62,12 @@ class UTCDateTime(sa.TypeDecorator[datetime.datetime]):
     def process_result_value(
         self, value: datetime.datetime | None, dialect: Dialect
     ) -> datetime.datetime | None:
-        if value is not None and value.tzinfo is None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
-        return value
+        # PostgreSQL answers in the session's TimeZone; every dialect gives UTC.
+        return value.astimezone(UTC)
 
 
 class JSONText(sa.TypeDecorator[str]):
@@ -91,10 +94,9 @@ class JSONText(sa.TypeDecorator[str]):
             import json
 
             def process(value: t.Any) -> str | None:
-                # psycopg may hand back decoded jsonb; keep the text contract.
-                if value is None or isinstance(value, str):
-                    return value
-                return json.dumps(value)
+                # psycopg hands back decoded jsonb (a JSON string arrives as a
+                # Python str), so encode every value again to keep the text contract.
+                return None if value is None else json.dumps(value)
 
             return process
         return None

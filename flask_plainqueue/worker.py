@@ -130,6 +130,11 @@ class Worker:
         self._lease = datetime.timedelta(seconds=config.lease_seconds)
         #: Tasks still running when the shutdown grace period ran out (handed back).
         self.abandoned = 0
+        self._fixed_now: datetime.datetime | None = None
+
+    def _now(self) -> datetime.datetime:
+        # run_once(now=...) pins the time for the whole batch (tests, replays).
+        return self._fixed_now or self.clock()
 
     # -- public -------------------------------------------------------------
 
@@ -142,9 +147,11 @@ class Worker:
         """Claim one batch, run it to the end, write the results; return how many
         attempts ran (0 when nothing was due)."""
         outcomes = Outcomes()
+        self._fixed_now = now
         try:
             return self._cycle(outcomes, now)
         finally:
+            self._fixed_now = None
             self.storage.settle(self.id, outcomes, now or self.clock())
 
     def drain(self) -> int:
@@ -437,7 +444,7 @@ class Worker:
                 data = _decode(task)
             except TaskDataError as exc:
                 logger.error("Task %s (%s): %s", task.id, task.name, exc, extra=extra)
-                return Failure(task.id, task.attempts, format_error(exc), self.clock(), True)
+                return Failure(task.id, task.attempts, format_error(exc), self._now(), True)
             signals.send(signals.task_started, self.app, task_id=task.id, task=task.name)
             if logger.isEnabledFor(logging.INFO):
                 logger.info("Task %s (%s) started", task.id, task.name, extra=extra)
@@ -531,7 +538,7 @@ class Worker:
             delay,
             extra={"task_id": task.id, "task": task.name},
         )
-        now = self.clock()
+        now = self._now()
         return Failure(
             task.id,
             task.attempts,
@@ -553,7 +560,7 @@ class Worker:
         failed_nr = task.failed_nr + 1
         retryable = isinstance(exc, options.retry_on)
         dead = not retryable or is_dead(failed_nr, options.max_retries)
-        now = self.clock()
+        now = self._now()
         delay = retry_delay(
             failed_nr,
             interval=options.retry_interval,
