@@ -90,7 +90,8 @@ def make_blueprint(queue: PlainQueue, name: str = "plainqueue") -> Blueprint:
     @bp.before_request
     def check_access() -> ResponseReturnValue | None:
         app = current_app._get_current_object()  # type: ignore[attr-defined]
-        check = queue._dashboard_auth or queue._state(app).config.dashboard_auth
+        # Per-app configuration is more specific than the queue-wide decorator.
+        check = queue._state(app).config.dashboard_auth or queue._dashboard_auth
         if check is None:
             return _text(FORBIDDEN_NO_AUTH, 403)
         if not check():

@@ -3,6 +3,7 @@ CSRF, escaping, and each page and action."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import typing as t
 from collections.abc import Callable
@@ -415,3 +416,53 @@ def test_flask_wtf_csrf_is_used_when_present(
     assert d.status(task_id) == "dead"
     assert d.client.post(url, data={"csrf_token": token}).status_code == 302
     assert d.status(task_id) == "queued"
+
+
+# -- the documented example ------------------------------------------------------------
+
+
+def test_documented_example(sqlite_uri: str, tmp_path: Path) -> None:
+    path = Path(__file__).parent.parent / "docs" / "examples" / "dashboard_app.py"
+    spec = importlib.util.spec_from_file_location("dashboard_app", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    app = module.create_app({"SQLALCHEMY_DATABASE_URI": sqlite_uri, "TESTING": True})
+    with app.app_context():
+        module.db.create_all()
+        task_id = module.queue.perform("reports.build", {"year": 2026})
+    client = app.test_client()
+    response = client.get("/admin/queue/")
+    assert response.status_code == 302
+    assert response.location == "/login?next=/admin/queue/"
+    with client.session_transaction() as session:
+        session["user"] = "bob"
+        session["role"] = "staff"
+    assert client.get("/admin/queue/").status_code == 403
+    with client.session_transaction() as session:
+        session["role"] = "admin"
+    page = client.get(f"/admin/queue/tasks/{task_id}")
+    assert page.status_code == 200
+    assert "&#34;year&#34;: 2026" in page.text
+    with app.app_context():
+        module.db.engine.dispose()
+
+    # Mounted by hand instead.
+    other = module.create_app(
+        {"SQLALCHEMY_DATABASE_URI": sqlite_uri, "PLAINQUEUE_DASHBOARD": False}
+    )
+    module.mount_elsewhere(other)
+    client = other.test_client()
+    assert client.get("/admin/queue/").status_code == 404
+    assert client.get("/ops/queue/").status_code == 302
+    with client.session_transaction() as session:
+        session["user"] = "ann"
+        session["role"] = "admin"
+    assert "reports.build" in client.get("/ops/queue/").text
+    with other.app_context():
+        module.db.engine.dispose()
+
+
+def test_config_auth_wins_over_the_decorator(make_dash: MakeDash) -> None:
+    d = make_dash(allow=True, PLAINQUEUE_DASHBOARD_AUTH=lambda: False)
+    assert d.client.get("/queue/").status_code == 403
