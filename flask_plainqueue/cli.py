@@ -232,7 +232,7 @@ def _describe(info: TaskInfo) -> str:
 
 
 def _add_inspection_commands(group: AppGroup, queue: PlainQueue) -> None:
-    @group.command("status")
+    @group.command("status", short_help="Counts per task and state, oldest due task.")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
     @_errors_as_click
     def status(as_json: bool) -> None:
@@ -273,7 +273,7 @@ def _add_inspection_commands(group: AppGroup, queue: PlainQueue) -> None:
         else:
             click.echo("Workers running tasks now: none")
 
-    @group.command("list")
+    @group.command("list", short_help="One line per task, with its last error.")
     @click.option("--failed", is_flag=True, help="Only dead tasks (out of retries).")
     @click.option(
         "--state",
@@ -368,7 +368,7 @@ def _add_inspection_commands(group: AppGroup, queue: PlainQueue) -> None:
             click.echo(click.style("last error:", bold=True))
             click.echo(info.error.rstrip("\n"))
 
-    @group.command("retry")
+    @group.command("retry", short_help="Run tasks again now (IDs or --all-failed).")
     @click.argument("task_ids", metavar="[ID]...", nargs=-1)
     @click.option("--all-failed", is_flag=True, help="Retry every dead task.")
     @click.option(
@@ -416,7 +416,7 @@ def _add_inspection_commands(group: AppGroup, queue: PlainQueue) -> None:
         """Delete the given tasks (not while they run)."""
         _per_task(queue, task_ids, "deleted", queue.cancel)
 
-    @group.command("purge")
+    @group.command("purge", short_help="Delete dead tasks (all or --older-than).")
     @click.option("--failed", is_flag=True, help="Delete dead tasks (required).")
     @click.option(
         "--older-than",
