@@ -117,6 +117,14 @@ def wait_text(driver: t.Any, css: str, text: str) -> None:
     )
 
 
+def alert(driver: t.Any) -> t.Any:
+    """The confirmation dialog, once it is open."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, TIMEOUT).until(expected_conditions.alert_is_present())
+
+
 def log_in(driver: t.Any, site: Site) -> None:
     from selenium.webdriver.common.by import By
 
@@ -198,9 +206,9 @@ def test_log_in_see_failed_task_retry_it_and_see_it_gone(
     # Retry all dead tasks of one name, with the confirmation dialog.
     browser.get(f"{site.url}/queue/tasks?state=dead&name=invoices.render")
     browser.find_element(By.ID, "pq-retry-all").click()
-    alert = browser.switch_to.alert
-    assert alert.text == "Retry 2 dead task(s) of invoices.render?"
-    alert.accept()
+    dialog = alert(browser)
+    assert dialog.text == "Retry 2 dead task(s) of invoices.render?"
+    dialog.accept()
     wait_text(browser, ".pq-flash", "2 dead task(s) of invoices.render will run again")
 
 
@@ -236,10 +244,10 @@ def test_payloads_in_data_and_errors_render_as_text(site: Site, browser: t.Any) 
     # Deleting asks first; dismissing keeps the task.
     browser.get(f"{site.url}/queue/tasks/{task_id}")
     browser.find_element(By.ID, "pq-delete").click()
-    browser.switch_to.alert.dismiss()
+    alert(browser).dismiss()
     assert browser.find_element(By.ID, "pq-data").is_displayed()
     browser.find_element(By.ID, "pq-delete").click()
-    browser.switch_to.alert.accept()
+    alert(browser).accept()
     wait_text(browser, ".pq-flash", f"Task {task_id} (ops.fail) was deleted.")
     assert site.queue.cancel(task_id) is False
 
