@@ -19,6 +19,8 @@ import uuid
 from collections.abc import Callable
 from collections.abc import Sequence
 
+import sqlalchemy.exc
+
 from . import signals
 from .exceptions import Retry
 from .exceptions import TaskDataError
@@ -57,6 +59,9 @@ PROBE_INTERVAL = 0.01
 STOP_CHECK_INTERVAL = 0.1
 #: How often unknown task names are looked for (seconds).
 HOUSEKEEPING_INTERVAL = 60.0
+#: How long a missing queue table is waited for quietly before it is reported:
+#: under ``flask run`` the worker starts while the app may still be creating it.
+MISSING_TABLE_GRACE = 5.0
 
 _COMPLETED = "completed"
 _SETTLED = "settled"
@@ -124,6 +129,8 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._reported_unknown: set[str] = set()
+        self._missing_table_since: float | None = None
+        self._missing_table_reported = False
         # The first look for unknown names waits a little: under `flask run` the
         # worker starts while the app is still registering its tasks.
         self._last_housekeeping = time.monotonic() - HOUSEKEEPING_INTERVAL + 10.0
@@ -260,8 +267,9 @@ class Worker:
                     probe.changed()
                 try:
                     ran = self._cycle(outcomes, None)
-                except Exception:
-                    logger.exception("Worker %s: claiming failed; will retry", self.id)
+                    self._missing_table_since = None
+                except Exception as exc:
+                    self._claim_failed(exc, burst)
                     ran = 0
                     if probe is not None:
                         probe.reset()
@@ -281,6 +289,26 @@ class Worker:
                 probe.close()
             with self._lock:
                 self._wake_events.remove(wake)
+
+    def _claim_failed(self, exc: Exception, burst: bool) -> None:
+        if not _is_missing_table(exc):
+            logger.exception("Worker %s: claiming failed; will retry", self.id)
+            return
+        # A missing table is a setup step not done yet, not a crash: say so once,
+        # without a traceback per poll.
+        now = time.monotonic()
+        if self._missing_table_since is None:
+            self._missing_table_since = now
+        waited = now - self._missing_table_since
+        if self._missing_table_reported or (waited < MISSING_TABLE_GRACE and not burst):
+            return
+        self._missing_table_reported = True
+        logger.warning(
+            "Worker %s: the queue table %r does not exist. Create it with"
+            " 'db.create_all()' or your migrations; until then no task can run.",
+            self.id,
+            self.storage.table.name,
+        )
 
     def _poll_interval(self) -> float:
         intervals = [
@@ -610,6 +638,16 @@ def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
         loop.run_forever()
     finally:
         loop.close()
+
+
+def _is_missing_table(exc: BaseException) -> bool:
+    """Whether ``exc`` says a table does not exist (SQLite or PostgreSQL)."""
+    if not isinstance(exc, sqlalchemy.exc.DBAPIError):
+        return False
+    # PostgreSQL's SQLSTATE for undefined_table; SQLite only has the message.
+    return getattr(exc.orig, "sqlstate", None) == "42P01" or "no such table" in str(
+        exc.orig
+    )
 
 
 def _decode(task: ClaimedTask) -> t.Any:
