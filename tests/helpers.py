@@ -225,7 +225,9 @@ class ProcApp:
     (tables created) for enqueueing and inspecting, and readers for what the
     children recorded."""
 
-    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, tables: bool = True
+    ) -> None:
         monkeypatch.syspath_prepend(str(APPS))
         import procapp
 
@@ -237,8 +239,12 @@ class ProcApp:
         self.app = procapp.create_app(
             SQLALCHEMY_DATABASE_URI=self.uri, PLAINQUEUE_EMBEDDED_WORKER=False
         )
+        if tables:
+            self.create_tables()
+
+    def create_tables(self) -> None:
         with self.app.app_context():
-            procapp.db.create_all()
+            self.module.db.create_all()
 
     def env(self, **extra: str) -> dict[str, str]:
         """The environment for a child process that loads ``procapp``."""

@@ -113,6 +113,30 @@ def test_burst_runs_what_is_due_then_exits(procs: Procs, proc_app: ProcApp) -> N
     assert proc_app.tasks() == []
 
 
+def test_worker_waits_for_a_missing_table(
+    procs: Procs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proc_app = ProcApp(tmp_path, monkeypatch, tables=False)
+    try:
+        # --burst: says once that the table is missing, and exits 0.
+        burst = start_worker(procs, proc_app, "--burst")
+        assert burst.wait() == 0, burst.output()
+        assert "does not exist" in burst.stderr(), burst.output()
+        assert "Traceback" not in burst.stderr(), burst.output()
+
+        # A running worker waits quietly, then runs tasks once the table exists.
+        proc = start_worker(procs, proc_app)
+        wait_until_started(proc_app, proc)
+        proc_app.create_tables()
+        proc_app.perform("record", {"key": "late"})
+        wait_for(lambda: proc_app.runs(), message=proc.output)
+        proc.signal(signal.SIGTERM)
+        assert_clean_exit(proc)
+        assert proc_app.runs() == [("late", proc.pid)]
+    finally:
+        proc_app.close()
+
+
 # -- SIGTERM -----------------------------------------------------------------
 
 
