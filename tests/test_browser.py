@@ -139,7 +139,7 @@ def log_in(driver: t.Any, site: Site) -> None:
 
 
 def test_log_in_see_failed_task_retry_it_and_see_it_gone(
-    site: Site, browser: t.Any
+    browser: t.Any, site: Site
 ) -> None:
     from selenium.webdriver.common.by import By
 
@@ -212,7 +212,7 @@ def test_log_in_see_failed_task_retry_it_and_see_it_gone(
     wait_text(browser, ".pq-flash", "2 dead task(s) of invoices.render will run again")
 
 
-def test_payloads_in_data_and_errors_render_as_text(site: Site, browser: t.Any) -> None:
+def test_payloads_in_data_and_errors_render_as_text(browser: t.Any, site: Site) -> None:
     from selenium.webdriver.common.by import By
 
     script = "<script>window.__xss = 'data'</script>"
@@ -252,7 +252,7 @@ def test_payloads_in_data_and_errors_render_as_text(site: Site, browser: t.Any) 
     assert site.queue.cancel(task_id) is False
 
 
-def test_without_login_every_page_is_refused(site: Site, browser: t.Any) -> None:
+def test_without_login_every_page_is_refused(browser: t.Any, site: Site) -> None:
     from selenium.webdriver.common.by import By
 
     task_id = site.queue.perform("ops.ok", 1, delay=60)
