@@ -1,0 +1,62 @@
+"""A sign-up form with double opt-in: signing up stores the contact and, in the
+same transaction, a task that emails them a confirmation link.
+
+Run it with its embedded worker::
+
+    flask --app example_app run
+
+Settings in ``instance/config.py`` override the defaults below.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import typing as t
+from collections.abc import Mapping
+
+from flask import Flask
+
+from .extensions import db
+from .extensions import queue
+from .views import bp
+
+
+def create_app(
+    test_config: Mapping[str, t.Any] | None = None,
+    *,
+    instance_path: str | None = None,
+) -> Flask:
+    """Create the app.
+
+    :param test_config: settings that replace ``instance/config.py``.
+    :param instance_path: where the database lives; default ``instance/`` next to
+        the package.
+    """
+    # Show the worker's line per task next to the server's request log.
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+    app = Flask(__name__, instance_path=instance_path, instance_relative_config=True)
+    os.makedirs(app.instance_path, exist_ok=True)
+    app.config.from_mapping(
+        SECRET_KEY="dev",  # replace it in instance/config.py when deploying
+        SQLALCHEMY_DATABASE_URI="sqlite:///"
+        + os.path.join(app.instance_path, "example_app.sqlite"),
+        # Import the tasks in every process that runs a worker.
+        PLAINQUEUE_TASKS=["example_app.tasks"],
+    )
+    if test_config is None:
+        app.config.from_pyfile("config.py", silent=True)
+    else:
+        app.config.from_mapping(test_config)
+
+    db.init_app(app)
+    queue.init_app(app)
+
+    with app.app_context():
+        db.create_all()
+
+    app.register_blueprint(bp)
+    return app
