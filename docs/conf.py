@@ -76,5 +76,11 @@ def _drop_missing_pages(app: object, docname: str, source: list[str]) -> None:
     source[0] = "".join(line for line in lines if line.strip() not in missing)
 
 
+def _reread_index(*args: object) -> list[str]:
+    # Whether a page exists can change without index.rst changing.
+    return ["index"]
+
+
 def setup(app: t.Any) -> None:
     app.connect("source-read", _drop_missing_pages)
+    app.connect("env-get-outdated", _reread_index)

@@ -109,8 +109,14 @@ def test_literalincludes_exist_with_their_markers() -> None:
             target = (page.parent / path).resolve()
             assert target.is_file(), f"{page.name}: {path} does not exist"
             text = target.read_text()
-            for marker in re.findall(r":(?:start-after|end-before): (.*)", options):
+            for marker in re.findall(
+                r":(?:start-after|end-before|start-at|end-at): (.*)", options
+            ):
                 assert marker.strip() in text, f"{page.name}: {marker} not in {path}"
+            for name in re.findall(r":pyobject: (\w+)", options):
+                assert re.search(rf"^(?:async )?(?:def|class) {name}\b", text, re.M), (
+                    f"{page.name}: no {name} in {path}"
+                )
             seen += 1
     assert seen >= 10
 
