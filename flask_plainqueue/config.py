@@ -24,6 +24,7 @@ DEFAULTS: Mapping[str, t.Any] = {
     "PLAINQUEUE_SHUTDOWN_GRACE": 30.0,
     "PLAINQUEUE_SQLITE_SYNCHRONOUS": "NORMAL",
     "PLAINQUEUE_SQLITE_BUSY_TIMEOUT": 30.0,
+    "PLAINQUEUE_NOTIFY": True,
     "PLAINQUEUE_DASHBOARD": False,
     "PLAINQUEUE_DASHBOARD_URL": "/queue",
     "PLAINQUEUE_DASHBOARD_AUTH": None,
@@ -50,6 +51,8 @@ class QueueConfig:
     shutdown_grace: float = 30.0
     sqlite_synchronous: str = "NORMAL"
     sqlite_busy_timeout: float = 30.0
+    #: PostgreSQL: ``perform`` sends NOTIFY and idle workers LISTEN.
+    notify: bool = True
     dashboard: bool = False
     dashboard_url: str = "/queue"
     #: ``auth() -> bool``, called in each dashboard request; ``None`` refuses all.
@@ -114,6 +117,7 @@ class QueueConfig:
             shutdown_grace=_seconds(c, "PLAINQUEUE_SHUTDOWN_GRACE"),
             sqlite_synchronous=sync.upper(),
             sqlite_busy_timeout=_seconds(c, "PLAINQUEUE_SQLITE_BUSY_TIMEOUT"),
+            notify=_bool(c, "PLAINQUEUE_NOTIFY"),
             dashboard=_bool(c, "PLAINQUEUE_DASHBOARD"),
             dashboard_url=dashboard_url.rstrip("/"),
             dashboard_auth=dashboard_auth,

@@ -142,7 +142,8 @@ class PlainQueue:
                 synchronous=config.sqlite_synchronous,
                 busy_timeout=config.sqlite_busy_timeout,
             )
-        state = _AppState(config=config, storage=Storage(engine, self._model.__table__))
+        storage = Storage(engine, self._model.__table__, notify=config.notify)
+        state = _AppState(config=config, storage=storage)
         self._apps[app] = state
         app.extensions["plainqueue"] = self
         self._listen_for_commits(db)

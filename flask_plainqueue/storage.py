@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import datetime
 import logging
+import re
 import typing as t
 from collections.abc import Iterator
 from collections.abc import Sequence
@@ -22,10 +23,16 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from .exceptions import TaskDataError
 from .models import STATUS_DEAD
 from .models import STATUS_QUEUED
 
 logger = logging.getLogger(__name__)
+
+#: A JSON ``\u0000`` escape (not an escaped backslash followed by ``u0000``):
+#: ``jsonb`` cannot store the NUL character.
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,12 +107,25 @@ class Storage:
     :param table: the queue table (``queue.Task.__table__``).
     """
 
-    def __init__(self, engine: Engine, table: sa.Table) -> None:
+    def __init__(self, engine: Engine, table: sa.Table, *, notify: bool = True) -> None:
         self.engine = engine
         self.table = table
         self.dialect = engine.dialect.name
         self.is_sqlite = self.dialect == "sqlite"
+        #: The LISTEN/NOTIFY channel of this table (PostgreSQL).
+        self.channel = table.name[:63]
+        #: Whether inserts send NOTIFY (PostgreSQL with ``PLAINQUEUE_NOTIFY``).
+        self.notifies = notify and self.dialect == "postgresql"
         c = table.c
+        # Evaluated inside the insert (in RETURNING), so the notification is part
+        # of the inserting transaction: PostgreSQL delivers it only at commit,
+        # never after a rollback, and folds repeats in one transaction into one.
+        # The payload is the task's queue, so a worker can ignore other queues.
+        self._notify_cols: tuple[sa.ColumnElement[t.Any], ...] = (
+            (sa.func.pg_notify(sa.literal(self.channel, sa.Text), c.queue),)
+            if self.notifies
+            else ()
+        )
         order = (c.priority.desc(), c.run_at, c.id)
         self._order = order
         due = sa.and_(c.status == STATUS_QUEUED, c.run_at <= sa.bindparam("now"))
@@ -224,11 +244,18 @@ class Storage:
         their ids, in order, in one round trip."""
         if not rows:
             return []
+        if self.dialect == "postgresql":
+            for row in rows:
+                _check_jsonb(row)
         c = self.table.c
         if len(rows) == 1:
-            result = session.execute(sa.insert(self.table).returning(c.id), rows[0])
+            result = session.execute(
+                sa.insert(self.table).returning(c.id, *self._notify_cols), rows[0]
+            )
             return [result.scalar_one()]
-        stmt = sa.insert(self.table).returning(c.id, sort_by_parameter_order=True)
+        stmt = sa.insert(self.table).returning(
+            c.id, *self._notify_cols, sort_by_parameter_order=True
+        )
         return list(session.execute(stmt, list(rows)).scalars())
 
     def insert_unique(self, session: Session, row: dict[str, t.Any]) -> tuple[int, bool]:
@@ -239,6 +266,7 @@ class Storage:
         c = self.table.c
         where = sa.and_(c.unique_key.is_not(None), c.status == STATUS_QUEUED)
         if self.dialect == "postgresql":
+            _check_jsonb(row)
             from sqlalchemy.dialects.postgresql import insert as dialect_insert
         else:
             from sqlalchemy.dialects.sqlite import insert as dialect_insert
@@ -246,7 +274,7 @@ class Storage:
             dialect_insert(self.table)
             .values(**row)
             .on_conflict_do_nothing(index_elements=[c.name, c.unique_key], index_where=where)
-            .returning(c.id)
+            .returning(c.id, *self._notify_cols)
         )
         for _ in range(10):
             new_id = session.execute(stmt).scalar()
@@ -396,6 +424,9 @@ class Storage:
             result = conn.execute(
                 self._release, {"owner": owner, "ids": list(ids), "now": now}
             )
+            if self.notifies and result.rowcount:
+                # Idle workers elsewhere take them at once (delivered at commit).
+                conn.execute(sa.select(sa.func.pg_notify(self.channel, "")))
             return t.cast(int, result.rowcount)
 
     def unknown_names(
@@ -421,3 +452,13 @@ class Storage:
                 conn.execute(self._head, {"now": now, "names": list(names)}).first()
                 is not None
             )
+
+
+def _check_jsonb(row: t.Mapping[str, t.Any]) -> None:
+    text = row.get("data")
+    if isinstance(text, str) and "\\u0000" in text and _JSON_NUL.search(text):
+        raise TaskDataError(
+            f"The data for task {row.get('name')!r} contains the NUL character"
+            " (\\u0000) in a string, which PostgreSQL's jsonb cannot store. Remove"
+            " it, or encode the value (e.g. base64) before passing it."
+        )

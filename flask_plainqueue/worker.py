@@ -24,6 +24,7 @@ import sqlalchemy.exc
 from . import signals
 from .exceptions import Retry
 from .exceptions import TaskDataError
+from .notify import Listener
 from .retry import is_dead
 from .retry import retry_delay
 from .storage import ClaimedTask
@@ -128,6 +129,7 @@ class Worker:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
+        self._listener: Listener | None = None
         self._reported_unknown: set[str] = set()
         self._missing_table_since: float | None = None
         self._missing_table_reported = False
@@ -199,6 +201,8 @@ class Worker:
             ", ".join(self.registry.names()) or "(none)",
         )
         try:
+            if not burst:
+                self._start_listener()
             if self.concurrency == 1:
                 self._claim_loop(0, burst)
             else:
@@ -241,6 +245,9 @@ class Worker:
 
     def close(self) -> None:
         """Shut the thread pool and event loop down."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.stop()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -318,10 +325,28 @@ class Worker:
         ]
         return min([self.config.poll_interval, *intervals])
 
+    def _start_listener(self) -> None:
+        if not self.storage.notifies or self._listener is not None:
+            return
+        listener = Listener(self.storage, self._on_notify, name=self.id)
+        self._listener = listener
+        listener.start()
+
+    def _on_notify(self, payload: str | None) -> None:
+        # The payload is the new task's queue ("" or None: any queue).
+        if payload and self.queues is not None and payload not in self.queues:
+            return
+        self.wake()
+
     def _idle_wait(
         self, wake: threading.Event, probe: _ChangeProbe | None, timeout: float
     ) -> None:
         if probe is None:
+            listener = self._listener
+            if listener is not None and listener.listening:
+                # PostgreSQL: NOTIFY wakes this loop at once; the poll is only for
+                # delayed tasks, retries and expired leases, which send none.
+                timeout = self._poll_interval()
             wake.wait(timeout)
         else:
             # SQLite: wait the whole poll interval, but look every few milliseconds
