@@ -25,6 +25,7 @@ from .inspection import format_age
 from .inspection import STATES
 from .inspection import TaskInfo
 from .models import TaskState
+from .transfer import add_commands as add_transfer_commands
 
 if t.TYPE_CHECKING:
     from .extension import PlainQueue
@@ -120,6 +121,7 @@ def make_cli(queue: PlainQueue) -> AppGroup:
             os._exit(0)
 
     _add_inspection_commands(group, queue)
+    add_transfer_commands(group, queue)
     return group
 
 
