@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-
 from conftest import create_test_app
-from flask_plainqueue import PlainQueue
+
 from flask_plainqueue import notify
+from flask_plainqueue import PlainQueue
 from flask_plainqueue.notify import Listener
 
 pytestmark = pytest.mark.postgresql
@@ -226,7 +226,9 @@ def test_worker_polls_while_listen_is_unavailable(
     app, db, queue = create_test_app(
         postgresql_uri, tmp_path / "w", PLAINQUEUE_POLL_INTERVAL=0.2
     )
-    client_app, client_db, client_queue = create_test_app(postgresql_uri, tmp_path / "c")
+    client_app, client_db, client_queue = create_test_app(
+        postgresql_uri, tmp_path / "c"
+    )
     done = threading.Event()
 
     @queue.task(name="t")
