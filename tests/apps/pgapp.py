@@ -8,6 +8,9 @@ Configured from the environment:
     the ``batch_size`` of the ``record`` task (default 50).
 ``PGAPP_SLEEP``
     seconds the ``record`` task sleeps before recording (default 0).
+``PGAPP_POOL_SIZE``
+    when set, the engine's ``pool_size`` (and ``max_overflow`` 2), so that many
+    worker processes stay within the server's ``max_connections``.
 ``PLAINQUEUE_*``
     copied into ``app.config``, values parsed as JSON where they parse.
 
@@ -97,6 +100,12 @@ def create_app() -> Flask:
     """The app, configured from the environment."""
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["PGAPP_DATABASE_URI"]
+    pool_size = os.environ.get("PGAPP_POOL_SIZE")
+    if pool_size:
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
+            "pool_size": int(pool_size),
+            "max_overflow": 2,
+        }
     app.config.update(_env_config())
     db.init_app(app)
     queue.init_app(app)
