@@ -442,6 +442,9 @@ def retry(
                     keyed.where(c.id == key, c.unique_key.is_not(None))
                 ).scalars()
             )
+        if changed and storage.notifies:
+            # Idle workers on other hosts take them at once (sent at commit).
+            conn.execute(sa.select(sa.func.pg_notify(storage.channel, "")))
     order = {k: i for i, k in enumerate(keys)}
     return [str(k) for k in sorted(set(changed), key=order.__getitem__)]
 

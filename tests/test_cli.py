@@ -606,3 +606,37 @@ def test_commands_in_a_real_process(ops_process: t.Any) -> None:
     assert purged.stdout == "Deleted 1 dead task that failed over 0s ago.\n"
     final = run("status")
     assert final.returncode == 0 and "The queue is empty." in final.stdout
+
+
+@pytest.mark.postgresql
+def test_retry_notifies_idle_workers_on_postgresql(
+    postgresql_uri: str, tmp_path: Path
+) -> None:
+    import queue as queue_module
+
+    from conftest import create_test_app
+
+    from flask_plainqueue.notify import Listener
+
+    app, db, queue = create_test_app(postgresql_uri, tmp_path)
+
+    @queue.task(name="t.fail", max_retries=0)
+    def fail(data: t.Any) -> None:
+        raise ValueError("no")
+
+    received: queue_module.Queue[str | None] = queue_module.Queue()
+    with app.app_context():
+        db.create_all()
+        task_id = queue.perform(fail, 1)
+        queue.drain()
+        listener = Listener(queue._state().storage, received.put, name="test")
+        listener.start()
+        try:
+            assert listener.wait_listening(60)
+            assert received.get(timeout=60) is None  # "you may have missed some"
+            assert queue.retry(task_id) is True
+            assert received.get(timeout=60) == ""
+        finally:
+            listener.stop()
+            db.session.remove()
+            db.engine.dispose()
