@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 from flask import Flask
 
+from .admin import bp as admin_bp
 from .extensions import db
 from .extensions import queue
 from .views import bp
@@ -40,12 +41,15 @@ def create_app(
 
     app = Flask(__name__, instance_path=instance_path, instance_relative_config=True)
     os.makedirs(app.instance_path, exist_ok=True)
+    database = os.path.join(app.instance_path, "example_app.sqlite")
     app.config.from_mapping(
         SECRET_KEY="dev",  # replace it in instance/config.py when deploying
-        SQLALCHEMY_DATABASE_URI="sqlite:///"
-        + os.path.join(app.instance_path, "example_app.sqlite"),
+        SQLALCHEMY_DATABASE_URI=f"sqlite:///{database}",
         # Import the tasks in every process that runs a worker.
         PLAINQUEUE_TASKS=["example_app.tasks"],
+        # The queue dashboard at /queue, behind the admin login (admin.py).
+        PLAINQUEUE_DASHBOARD=True,
+        ADMIN_PASSWORD="admin",  # replace it in instance/config.py when deploying
     )
     if test_config is None:
         app.config.from_pyfile("config.py", silent=True)
@@ -59,4 +63,5 @@ def create_app(
         db.create_all()
 
     app.register_blueprint(bp)
+    app.register_blueprint(admin_bp)
     return app
