@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hmac
 
-from flask import Blueprint
 from flask import abort
+from flask import Blueprint
 from flask import current_app
 from flask import flash
 from flask import redirect

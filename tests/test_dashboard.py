@@ -466,3 +466,36 @@ def test_documented_example(sqlite_uri: str, tmp_path: Path) -> None:
 def test_config_auth_wins_over_the_decorator(make_dash: MakeDash) -> None:
     d = make_dash(allow=True, PLAINQUEUE_DASHBOARD_AUTH=lambda: False)
     assert d.client.get("/queue/").status_code == 403
+
+
+def test_example_app_mounts_it_behind_a_login(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent))
+    import example_app
+    from example_app.extensions import db
+
+    app = example_app.create_app(
+        {"TESTING": True}, instance_path=str(tmp_path / "instance")
+    )
+    client = app.test_client()
+    try:
+        response = client.get("/queue/tasks?state=dead")
+        assert response.status_code == 302
+        assert response.location == "/login?next=/queue/tasks"
+        assert "Queue dashboard" in client.get("/").text
+        wrong = client.post("/login", data={"password": "nope"})
+        assert "Wrong password." in wrong.text
+        assert client.get("/queue/").status_code == 302
+        # Only local paths are followed after logging in.
+        evil = client.post("/login?next=//evil.example/", data={"password": "admin"})
+        assert evil.location == "/queue/"
+        response = client.post("/login?next=/queue/tasks", data={"password": "admin"})
+        assert response.location == "/queue/tasks"
+        assert client.get("/queue/").status_code == 200
+        client.post("/logout")
+        assert client.get("/queue/").status_code == 302
+    finally:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
