@@ -24,6 +24,7 @@ DEFAULTS: Mapping[str, t.Any] = {
     "PLAINQUEUE_SHUTDOWN_GRACE": 30.0,
     "PLAINQUEUE_SQLITE_SYNCHRONOUS": "NORMAL",
     "PLAINQUEUE_SQLITE_BUSY_TIMEOUT": 30.0,
+    "PLAINQUEUE_KEEP_FAILED": 30 * 24 * 3600.0,
     "PLAINQUEUE_NOTIFY": True,
     "PLAINQUEUE_DASHBOARD": False,
     "PLAINQUEUE_DASHBOARD_URL": "/queue",
@@ -51,6 +52,8 @@ class QueueConfig:
     shutdown_grace: float = 30.0
     sqlite_synchronous: str = "NORMAL"
     sqlite_busy_timeout: float = 30.0
+    #: Seconds dead tasks are kept before the worker prunes them; ``None`` keeps.
+    keep_failed: float | None = 30 * 24 * 3600.0
     #: PostgreSQL: ``perform`` sends NOTIFY and idle workers LISTEN.
     notify: bool = True
     dashboard: bool = False
@@ -117,6 +120,11 @@ class QueueConfig:
             shutdown_grace=_seconds(c, "PLAINQUEUE_SHUTDOWN_GRACE"),
             sqlite_synchronous=sync.upper(),
             sqlite_busy_timeout=_seconds(c, "PLAINQUEUE_SQLITE_BUSY_TIMEOUT"),
+            keep_failed=(
+                None
+                if c["PLAINQUEUE_KEEP_FAILED"] is None
+                else _seconds(c, "PLAINQUEUE_KEEP_FAILED")
+            ),
             notify=_bool(c, "PLAINQUEUE_NOTIFY"),
             dashboard=_bool(c, "PLAINQUEUE_DASHBOARD"),
             dashboard_url=dashboard_url.rstrip("/"),

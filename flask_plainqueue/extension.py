@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import inspect
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from collections.abc import Iterable
 import click
 from flask import Flask
 from flask import current_app
+import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
@@ -24,11 +26,12 @@ from . import signals
 from .config import QueueConfig
 from .exceptions import ConfigurationError
 from .exceptions import TaskDataError
-from .models import STATUS_QUEUED
 from .models import TaskModel
+from .models import build_periodic_table
 from .models import build_task_model
 from .storage import Storage
 from .storage import configure_sqlite_engine
+from .storage import new_row
 from .tasks import FailureCallback
 from .tasks import JSONValue
 from .tasks import P
@@ -102,8 +105,10 @@ class PlainQueue:
             weakref.WeakKeyDictionary()
         )
         self._dashboard_auth: Callable[[], bool] | None = None
+        self._periodic: sa.Table | None = None
         if db is not None and table is not None:
             self._model = build_task_model(db, table)
+            self._periodic = build_periodic_table(db, table)
         if app is not None:
             self.init_app(app, db)
 
@@ -128,6 +133,7 @@ class PlainQueue:
         if self._model is None:
             self._table = self._table or config.table
             self._model = build_task_model(db, self._table)
+            self._periodic = build_periodic_table(db, self._table)
         elif self._table != config.table and "PLAINQUEUE_TABLE" in _explicit_keys(app):
             raise ConfigurationError(
                 f"PLAINQUEUE_TABLE is {config.table!r} but this queue's table is"
@@ -142,7 +148,9 @@ class PlainQueue:
                 synchronous=config.sqlite_synchronous,
                 busy_timeout=config.sqlite_busy_timeout,
             )
-        storage = Storage(engine, self._model.__table__, notify=config.notify)
+        storage = Storage(
+            engine, self._model.__table__, notify=config.notify, periodic=self._periodic
+        )
         state = _AppState(config=config, storage=storage)
         self._apps[app] = state
         app.extensions["plainqueue"] = self
@@ -232,6 +240,8 @@ class PlainQueue:
         poll_interval: float | None = None,
         queue: str = "default",
         priority: int = 0,
+        timeout: float | None = None,
+        atomic: bool = False,
     ) -> Callable[[Callable[P, R]], TaskDefinition[P, R]]: ...
 
     def task(
@@ -252,6 +262,8 @@ class PlainQueue:
         poll_interval: float | None = None,
         queue: str = "default",
         priority: int = 0,
+        timeout: float | None = None,
+        atomic: bool = False,
     ) -> TaskDefinition[P, R] | Callable[[Callable[P, R]], TaskDefinition[P, R]]:
         """Register a function as a task definition; usable bare (``@queue.task``)
         or with options.
@@ -275,21 +287,107 @@ class PlainQueue:
             default ``PLAINQUEUE_POLL_INTERVAL``.
         :param queue: the queue name, for ``flask queue work --queue``.
         :param priority: tasks of higher priority are claimed first.
+        :param timeout: seconds an attempt may run before it is failed with a
+            :class:`TimeoutError` (a coroutine is cancelled; a sync function's
+            thread runs on and its result is discarded).
+        :param atomic: the function's ``db.session`` writes, the success
+            callback's and the row's removal commit in one transaction, or none.
         :raises DuplicateTaskName: the name is taken by another function.
         :raises ConfigurationError: an option is out of range.
         """
-        options = TaskOptions(
-            batch_size=batch_size,
-            max_retries=max_retries,
-            retry_interval=retry_interval,
-            retry_backoff=retry_backoff,
-            retry_jitter=retry_jitter,
-            retry_max_delay=retry_max_delay,
-            retry_on=tuple(retry_on),
-            poll_interval=poll_interval,
-            queue=queue,
-            priority=priority,
+        return self._decorator(
+            func,
+            name=name,
+            success=success,
+            failure=failure,
+            schedule=None,
+            catch_up=True,
+            options=dict(
+                batch_size=batch_size,
+                max_retries=max_retries,
+                retry_interval=retry_interval,
+                retry_backoff=retry_backoff,
+                retry_jitter=retry_jitter,
+                retry_max_delay=retry_max_delay,
+                retry_on=tuple(retry_on),
+                poll_interval=poll_interval,
+                queue=queue,
+                priority=priority,
+                timeout=timeout,
+                atomic=atomic,
+            ),
         )
+
+    def periodic(
+        self,
+        *,
+        cron: str | None = None,
+        every: datetime.timedelta | None = None,
+        tz: str | None = None,
+        catch_up: bool = True,
+        name: str | None = None,
+        success: SuccessCallback | None = None,
+        failure: FailureCallback | None = None,
+        max_retries: int = 0,
+        retry_interval: float = 3.0,
+        queue: str = "default",
+        priority: int = 0,
+        timeout: float | None = None,
+        atomic: bool = False,
+    ) -> Callable[[Callable[P, R]], TaskDefinition[P, R]]:
+        """Register a function that runs on a schedule, once per tick however many
+        workers run: a ``cron`` expression (croniter syntax, in ``tz``, UTC by
+        default) or a fixed interval ``every``.
+
+        The function may take no argument (or one, which is ``None``). A tick
+        missed while no worker ran is run once when one starts (not once per
+        missed tick); with ``catch_up=False`` a tick is skipped unless a worker
+        sees it within a few seconds. A new schedule waits for its first tick.
+        Other options are as for :meth:`task`; ``max_retries`` defaults to 0,
+        since the next tick comes anyway.
+
+        :raises ConfigurationError: a bad cron expression, ``every`` not
+            positive, both or neither given, an unknown ``tz``.
+        """
+        from .schedules import Schedule
+
+        schedule = Schedule(cron=cron, every=every, tz=tz)
+        if not isinstance(catch_up, bool):
+            raise ConfigurationError(f"catch_up must be True or False, got {catch_up!r}.")
+
+        def decorator(f: Callable[P, R]) -> TaskDefinition[P, R]:
+            definition = self._decorator(
+                f,
+                name=name,
+                success=success,
+                failure=failure,
+                schedule=schedule,
+                catch_up=catch_up,
+                options=dict(
+                    max_retries=max_retries,
+                    retry_interval=retry_interval,
+                    queue=queue,
+                    priority=priority,
+                    timeout=timeout,
+                    atomic=atomic,
+                ),
+            )
+            return t.cast("TaskDefinition[P, R]", definition)
+
+        return decorator
+
+    def _decorator(
+        self,
+        func: Callable[P, R] | None,
+        *,
+        name: str | None,
+        success: SuccessCallback | None,
+        failure: FailureCallback | None,
+        schedule: t.Any,
+        catch_up: bool,
+        options: dict[str, t.Any],
+    ) -> TaskDefinition[P, R] | Callable[[Callable[P, R]], TaskDefinition[P, R]]:
+        task_options = TaskOptions(**options)
         for label, callback in (("success", success), ("failure", failure)):
             if callback is not None and not callable(callback):
                 raise ConfigurationError(f"{label} must be callable, got {callback!r}.")
@@ -297,13 +395,20 @@ class PlainQueue:
         def decorator(f: Callable[P, R]) -> TaskDefinition[P, R]:
             if not callable(f):
                 raise TypeError(f"@queue.task decorates a function, got {f!r}.")
+            if task_options.atomic and inspect.iscoroutinefunction(f):
+                raise ConfigurationError(
+                    "atomic=True needs a sync function: an async task's session"
+                    " lives on the event loop, outside the atomic transaction."
+                )
             definition = TaskDefinition(
                 self,
                 f,
                 name=name or default_name(f),
-                options=options,
+                options=task_options,
                 success=success,
                 failure=failure,
+                schedule=schedule,
+                catch_up=catch_up,
             )
             self.registry.add(definition)
             return definition
@@ -446,18 +551,15 @@ class PlainQueue:
             raise TypeError(f"priority must be a whole number, got {priority!r}.")
         if unique_key is not None and not isinstance(unique_key, str):
             raise TypeError(f"unique_key must be a string, got {unique_key!r}.")
-        return {
-            "name": definition.name,
-            "queue": definition.options.queue,
-            "priority": priority,
-            "data": text,
-            "created": now,
-            "run_at": due,
-            "status": STATUS_QUEUED,
-            "attempts": 0,
-            "failed_nr": 0,
-            "unique_key": unique_key,
-        }
+        return new_row(
+            definition.name,
+            queue=definition.options.queue,
+            priority=priority,
+            data=text,
+            now=now,
+            run_at=due,
+            unique_key=unique_key,
+        )
 
     def _enqueued(
         self,
@@ -604,6 +706,17 @@ class PlainQueue:
             raise TypeError(f"@queue.dashboard_auth decorates a function, got {func!r}.")
         self._dashboard_auth = func
         return func
+
+    def prune(self) -> int:
+        """Delete dead tasks older than ``PLAINQUEUE_KEEP_FAILED`` now (the worker
+        also does it about once a minute); return how many were deleted."""
+        state = self._state()
+        if state.config.keep_failed is None:
+            return 0
+        before = datetime.datetime.now(UTC) - datetime.timedelta(
+            seconds=state.config.keep_failed
+        )
+        return state.storage.prune(before)
 
     def drain(self) -> int:
         """Run every due task of the current app the way the worker does, one

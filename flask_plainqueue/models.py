@@ -122,6 +122,21 @@ class TaskModel(t.Protocol):
     unique_key: Mapped[str | None]
 
 
+def build_periodic_table(db: SQLAlchemy, table: str) -> sa.Table:
+    """The last tick each periodic task was enqueued for, on ``db.metadata``.
+
+    Whichever worker moves ``last_tick`` forward (a conditional ``UPDATE`` that
+    only one transaction can win) enqueues that tick's task, so a tick runs once
+    however many workers see it.
+    """
+    return sa.Table(
+        f"{table}_periodic",
+        db.metadata,
+        sa.Column("name", sa.String(255), primary_key=True),
+        sa.Column("last_tick", UTCDateTime, nullable=False),
+    )
+
+
 def build_task_model(db: SQLAlchemy, table: str) -> type[TaskModel]:
     """Map the queue table on ``db.metadata`` so ``db.create_all()`` and
     migrations see it.

@@ -34,6 +34,30 @@ logger = logging.getLogger(__name__)
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
+def new_row(
+    name: str,
+    *,
+    queue: str,
+    priority: int,
+    data: str,
+    now: datetime.datetime,
+    run_at: datetime.datetime,
+    unique_key: str | None = None,
+) -> dict[str, t.Any]:
+    """The column values of a task about to be inserted."""
+    return {
+        "name": name,
+        "queue": queue,
+        "priority": priority,
+        "data": data,
+        "created": now,
+        "run_at": run_at,
+        "status": STATUS_QUEUED,
+        "attempts": 0,
+        "failed_nr": 0,
+        "unique_key": unique_key,
+    }
+
 
 @dataclasses.dataclass(frozen=True)
 class ClaimedTask:
@@ -107,9 +131,18 @@ class Storage:
     :param table: the queue table (``queue.Task.__table__``).
     """
 
-    def __init__(self, engine: Engine, table: sa.Table, *, notify: bool = True) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        table: sa.Table,
+        *,
+        notify: bool = True,
+        periodic: sa.Table | None = None,
+    ) -> None:
         self.engine = engine
         self.table = table
+        #: The periodic tasks' last ticks (see ``models.build_periodic_table``).
+        self.periodic = periodic
         self.dialect = engine.dialect.name
         self.is_sqlite = self.dialect == "sqlite"
         #: The LISTEN/NOTIFY channel of this table (PostgreSQL).
@@ -452,6 +485,68 @@ class Storage:
                 conn.execute(self._head, {"now": now, "names": list(names)}).first()
                 is not None
             )
+
+    # -- periodic tasks and retention -----------------------------------------
+
+    def enqueue_tick(
+        self, name: str, tick: datetime.datetime, row: dict[str, t.Any] | None
+    ) -> bool:
+        """Record ``tick`` as the last tick of periodic task ``name`` and, if this
+        call is the one that moved it forward, insert ``row`` in the same
+        transaction. Returns whether ``row`` was inserted.
+
+        The first time a schedule is seen its tick is recorded and nothing is
+        enqueued: a new periodic task waits for its next tick. ``row=None``
+        records a tick without running it.
+        """
+        assert self.periodic is not None, "Storage was built without a periodic table"
+        p = self.periodic.c
+        with self.write() as conn:
+            if self.dialect == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert as dialect_insert
+            else:
+                from sqlalchemy.dialects.sqlite import insert as dialect_insert
+            # RETURNING, not rowcount: psycopg reports -1 for this statement.
+            created = conn.execute(
+                dialect_insert(self.periodic)
+                .values(name=name, last_tick=tick)
+                .on_conflict_do_nothing(index_elements=[p.name])
+                .returning(p.name)
+            ).first()
+            if created is not None:
+                return False
+            # Only one transaction can move last_tick forward to this tick; on
+            # PostgreSQL a concurrent one waits for the row lock, then sees the
+            # new value and matches nothing.
+            moved = conn.execute(
+                sa.update(self.periodic)
+                .where(p.name == name, p.last_tick < tick)
+                .values(last_tick=tick)
+            ).rowcount
+            if not moved or row is None:
+                return False
+            conn.execute(sa.insert(self.table).returning(self.table.c.id, *self._notify_cols), row)
+            return True
+
+    def prune(self, before: datetime.datetime, *, batch: int = 1000, max_batches: int = 100) -> int:
+        """Delete dead tasks that last failed before ``before``, ``batch`` rows per
+        transaction so a large prune never holds the write lock for long."""
+        c = self.table.c
+        doomed = (
+            sa.select(c.id)
+            .where(c.status == STATUS_DEAD, c.failed_last < before)
+            .limit(batch)
+            .scalar_subquery()
+        )
+        stmt = sa.delete(self.table).where(c.id.in_(doomed))
+        total = 0
+        for _ in range(max_batches):
+            with self.write() as conn:
+                deleted = t.cast(int, conn.execute(stmt).rowcount)
+            total += deleted
+            if deleted < batch:
+                break
+        return total
 
 
 def _check_jsonb(row: t.Mapping[str, t.Any]) -> None:

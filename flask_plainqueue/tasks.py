@@ -17,6 +17,7 @@ from .exceptions import UnknownTask
 
 if t.TYPE_CHECKING:
     from .extension import PlainQueue
+    from .schedules import Schedule
 
 #: A value that survives a JSON round trip: what ``perform`` accepts as ``data``.
 JSONValue = t.Union[
@@ -44,8 +45,14 @@ class TaskOptions:
     poll_interval: float | None = None
     queue: str = "default"
     priority: int = 0
+    timeout: float | None = None
+    atomic: bool = False
 
     def __post_init__(self) -> None:
+        if self.timeout is not None:
+            _check_seconds("timeout", self.timeout, positive=True)
+        if not isinstance(self.atomic, bool):
+            raise ConfigurationError(f"atomic must be True or False, got {self.atomic!r}.")
         _check_int("batch_size", self.batch_size, minimum=1)
         _check_int("max_retries", self.max_retries, minimum=0)
         _check_int("priority", self.priority, minimum=None)
@@ -102,6 +109,8 @@ class TaskDefinition(t.Generic[P, R]):
         options: TaskOptions,
         success: SuccessCallback | None = None,
         failure: FailureCallback | None = None,
+        schedule: Schedule | None = None,
+        catch_up: bool = True,
     ) -> None:
         self._queue = queue
         #: The decorated function.
@@ -116,6 +125,12 @@ class TaskDefinition(t.Generic[P, R]):
         self.failure = failure
         #: Whether ``func`` is a coroutine function (run on an event loop).
         self.is_async = inspect.iscoroutinefunction(func)
+        #: For periodic tasks: when they are due.
+        self.schedule = schedule
+        #: For periodic tasks: run once for ticks missed while no worker ran.
+        self.catch_up = catch_up
+        #: Whether ``func`` takes the data argument (periodic tasks may not).
+        self.takes_data = _takes_one_argument(func)
         self.__wrapped__ = func
         self.__doc__ = func.__doc__
         self.__name__ = getattr(func, "__name__", name)
@@ -148,6 +163,16 @@ class TaskDefinition(t.Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<TaskDefinition {self.name!r}>"
+
+
+def _takes_one_argument(func: Callable[..., object]) -> bool:
+    try:
+        inspect.signature(func).bind(None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature (some builtins): assume the usual shape
+        return True
+    return True
 
 
 def default_name(func: Callable[..., object]) -> str:

@@ -9,6 +9,7 @@ import concurrent.futures.thread  # noqa: F401 - see below
 import datetime
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -31,12 +32,14 @@ from .storage import ClaimedTask
 from .storage import Failure
 from .storage import Outcomes
 from .storage import Storage
+from .storage import new_row
 
 if t.TYPE_CHECKING:
     from flask import Flask
     from flask_sqlalchemy import SQLAlchemy
 
     from .config import QueueConfig
+    from .schedules import Schedule
     from .tasks import TaskDefinition
     from .tasks import TaskRegistry
 
@@ -64,6 +67,7 @@ HOUSEKEEPING_INTERVAL = 60.0
 #: under ``flask run`` the worker starts while the app may still be creating it.
 MISSING_TABLE_GRACE = 5.0
 
+_ONE_SECOND = datetime.timedelta(seconds=1)
 _COMPLETED = "completed"
 _SETTLED = "settled"
 _Outcome = t.Union[str, Failure]
@@ -140,6 +144,10 @@ class Worker:
         #: Tasks still running when the shutdown grace period ran out (handed back).
         self.abandoned = 0
         self._fixed_now: datetime.datetime | None = None
+        self._timed_out: set[tuple[int, int]] = set()
+        self._ticks: dict[str, datetime.datetime] = {}
+        self._next_tick: datetime.datetime | None = None
+        self._last_prune = -HOUSEKEEPING_INTERVAL
 
     def _now(self) -> datetime.datetime:
         # run_once(now=...) pins the time for the whole batch (tests, replays).
@@ -268,6 +276,9 @@ class Worker:
             while not self._stop.is_set():
                 if index == 0:
                     self._housekeeping()
+                    until_tick = self._schedule_ticks()
+                else:
+                    until_tick = math.inf
                 if probe is not None:
                     # Read the version before claiming, so a commit that lands
                     # between an empty claim and the idle wait is not missed.
@@ -285,7 +296,7 @@ class Worker:
                     continue
                 if burst:
                     break
-                self._idle_wait(wake, probe, idle)
+                self._idle_wait(wake, probe, min(idle, until_tick))
                 idle = min(idle * 2, self._poll_interval())
         finally:
             try:
@@ -349,9 +360,10 @@ class Worker:
                 timeout = self._poll_interval()
             wake.wait(timeout)
         else:
-            # SQLite: wait the whole poll interval, but look every few milliseconds
-            # whether any connection committed; only then query the table.
-            end = time.monotonic() + self._poll_interval()
+            # SQLite: wait the whole poll interval (or until a periodic tick), but
+            # look every few milliseconds whether any connection committed; only
+            # then query the table.
+            end = time.monotonic() + min(self._poll_interval(), timeout)
             while not wake.is_set():
                 remaining = end - time.monotonic()
                 if remaining <= 0 or probe.changed():
@@ -359,15 +371,81 @@ class Worker:
                 wake.wait(min(remaining, PROBE_INTERVAL))
         wake.clear()
 
+    def _schedule_ticks(self) -> float:
+        """Enqueue the periodic tasks whose tick has come (once per tick across
+        all workers); return the seconds until the next tick."""
+        periodic = [d for d in self.registry if d.schedule is not None]
+        if not periodic or self.storage.periodic is None:
+            return math.inf
+        now = self.clock()
+        if self._next_tick is not None and now < self._next_tick:
+            return (self._next_tick - now).total_seconds()
+        tolerance = max(2 * self._poll_interval(), 5.0)
+        for definition in periodic:
+            schedule = t.cast("Schedule", definition.schedule)
+            tick = schedule.latest(now)
+            if tick <= self._ticks.get(definition.name, tick - _ONE_SECOND):
+                continue
+            run = definition.catch_up or (now - tick).total_seconds() <= tolerance
+            row = None
+            if run:
+                row = new_row(
+                    definition.name,
+                    queue=definition.options.queue,
+                    priority=definition.options.priority,
+                    data="null",
+                    now=now,
+                    run_at=now,
+                    unique_key=f"tick:{tick.isoformat()}",
+                )
+            try:
+                enqueued = self.storage.enqueue_tick(definition.name, tick, row)
+            except Exception:
+                logger.exception(
+                    "Worker %s: could not enqueue periodic task %s",
+                    self.id,
+                    definition.name,
+                )
+                continue
+            self._ticks[definition.name] = tick
+            if enqueued:
+                logger.info(
+                    "Periodic task %s enqueued for its tick at %s",
+                    definition.name,
+                    tick.isoformat(),
+                    extra={"task": definition.name},
+                )
+        self._next_tick = min(
+            t.cast("Schedule", d.schedule).next(now) for d in periodic
+        )
+        return max((self._next_tick - now).total_seconds(), 0.0)
+
+    def _prune(self) -> None:
+        keep = self.config.keep_failed
+        if keep is None:
+            return
+        before = self.clock() - datetime.timedelta(seconds=keep)
+        pruned = self.storage.prune(before)
+        if pruned:
+            logger.info("Worker %s: pruned %d dead task(s)", self.id, pruned)
+
     def _housekeeping(self) -> None:
         now_mono = time.monotonic()
+        if now_mono - self._last_prune >= HOUSEKEEPING_INTERVAL:
+            self._last_prune = now_mono
+            try:
+                self._prune()
+            except Exception as exc:
+                if not _is_missing_table(exc):  # the claim loop reports that
+                    logger.exception("Worker %s: pruning dead tasks failed", self.id)
         if now_mono - self._last_housekeeping < HOUSEKEEPING_INTERVAL:
             return
         self._last_housekeeping = now_mono
         try:
             names = self.storage.unknown_names(self.registry.names(), self.clock())
-        except Exception:
-            logger.exception("Worker %s: housekeeping failed", self.id)
+        except Exception as exc:
+            if not _is_missing_table(exc):  # the claim loop reports that
+                logger.exception("Worker %s: housekeeping failed", self.id)
             return
         for name in names:
             if name not in self._reported_unknown:
@@ -412,8 +490,18 @@ class Worker:
         pending: set[concurrent.futures.Future[_Outcome]] = set(futures)
         extend_every = self.config.lease_seconds / 3
         next_extend = time.monotonic() + extend_every
+        # A coroutine's timeout is enforced on the event loop (it is cancelled);
+        # a sync function's here, since its thread cannot be stopped.
+        limit = definition.options.timeout
+        deadline = None if limit is None or definition.is_async else time.monotonic() + limit
+        # An atomic task holds SQLite's write lock until it commits, so no other
+        # worker can claim its row meanwhile, and an extension would only wait
+        # for that lock.
+        extendable = not (definition.options.atomic and self.storage.is_sqlite)
         while pending:
             timeout = next_extend - time.monotonic()
+            if deadline is not None:
+                timeout = min(timeout, deadline - time.monotonic())
             if self._stop_deadline is not None:
                 timeout = min(timeout, self._stop_deadline - time.monotonic())
             else:
@@ -440,9 +528,42 @@ class Worker:
                     ids,
                 )
                 return
+            if deadline is not None and time.monotonic() >= deadline:
+                self._time_out(definition, [futures[f] for f in pending])
+                return
             if time.monotonic() >= next_extend:
-                self._extend(ids)
+                if extendable:
+                    self._extend(ids)
                 next_extend = time.monotonic() + extend_every
+
+    def _time_out(
+        self, definition: TaskDefinition[t.Any, t.Any], tasks: Sequence[ClaimedTask]
+    ) -> None:
+        """Fail sync tasks that ran past their timeout and give up their leases now;
+        their threads run on, and whatever they return later is discarded."""
+        outcomes = Outcomes()
+        with self.app.app_context():
+            for task in tasks:
+                self._timed_out.add((task.id, task.attempts))
+                exc = TimeoutError(
+                    f"task {task.name!r} ran past its timeout of"
+                    f" {definition.options.timeout}s"
+                )
+                try:
+                    data = _decode(task)
+                except TaskDataError:
+                    data = None
+                limit = t.cast(float, definition.options.timeout)
+                outcomes.failed.append(self._failed(definition, task, data, exc, limit))
+        try:
+            self.storage.settle(self.id, outcomes, self._now())
+        except Exception:
+            logger.exception("Worker %s: could not record timed-out tasks", self.id)
+        # The stuck threads keep their pool slots: later batches get a new pool.
+        with self._lock:
+            stuck, self._pool = self._pool, None
+        if stuck is not None:
+            stuck.shutdown(wait=False)
 
     def _extend(self, ids: list[int]) -> None:
         try:
@@ -501,22 +622,29 @@ class Worker:
             signals.send(signals.task_started, self.app, task_id=task.id, task=task.name)
             if logger.isEnabledFor(logging.INFO):
                 logger.info("Task %s (%s) started", task.id, task.name, extra=extra)
+            atomic = definition.options.atomic
+            session = self.db.session() if atomic else None
             start = time.perf_counter()
             try:
-                if definition.is_async:
-                    future = asyncio.run_coroutine_threadsafe(
-                        self._in_context(definition.func, data), self._get_loop()
-                    )
-                    future.result()
-                else:
-                    definition.func(data)
-            except Retry as exc:
-                duration = time.perf_counter() - start
-                return self._retry_requested(definition, task, exc, duration)
+                if session is not None:
+                    # The task's writes, the success callback's and the row's
+                    # removal commit in this one transaction, or none of them do.
+                    self.storage.begin_session_write(session)
+                self._call(definition, data)
             except BaseException as exc:
                 duration = time.perf_counter() - start
+                if session is not None:
+                    session.rollback()
+                if self._discard_if_timed_out(task):
+                    return _SETTLED
+                if isinstance(exc, Retry):
+                    return self._retry_requested(definition, task, exc, duration)
                 return self._failed(definition, task, data, exc, duration)
             duration = time.perf_counter() - start
+            if self._discard_if_timed_out(task):
+                if session is not None:
+                    session.rollback()
+                return _SETTLED
             if logger.isEnabledFor(logging.INFO):
                 logger.info(
                     "Task %s (%s) succeeded in %.3fs",
@@ -532,32 +660,74 @@ class Worker:
                 task=task.name,
                 duration=duration,
             )
-            if definition.success is None:
+            if definition.success is None and not atomic:
                 return _COMPLETED
-            return self._succeeded_with_callback(definition, task, data)
+            return self._commit_success(definition, task, data, duration)
 
-    async def _in_context(self, func: Callable[[t.Any], t.Any], data: t.Any) -> t.Any:
+    def _call(self, definition: TaskDefinition[t.Any, t.Any], data: t.Any) -> None:
+        args = (data,) if definition.takes_data else ()
+        if not definition.is_async:
+            definition.func(*args)
+            return
+        future = asyncio.run_coroutine_threadsafe(
+            self._in_context(definition.func, args), self._get_loop()
+        )
+        timeout = definition.options.timeout
+        try:
+            future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            if future.done():
+                raise
+            future.cancel()
+            raise TimeoutError(
+                f"task {definition.name!r} ran past its timeout of {timeout}s and was"
+                " cancelled"
+            ) from None
+
+    async def _in_context(
+        self, func: Callable[..., t.Any], args: tuple[t.Any, ...]
+    ) -> t.Any:
         # The coroutine runs on the loop thread, so it needs its own app context.
         with self.app.app_context():
-            return await func(data)
+            return await func(*args)
 
-    def _succeeded_with_callback(
-        self, definition: TaskDefinition[t.Any, t.Any], task: ClaimedTask, data: t.Any
+    def _discard_if_timed_out(self, task: ClaimedTask) -> bool:
+        key = (task.id, task.attempts)
+        if key not in self._timed_out:
+            return False
+        self._timed_out.discard(key)
+        logger.warning(
+            "Task %s (%s) finished after its timeout; its result is discarded (the"
+            " timeout was recorded as its failure).",
+            task.id,
+            task.name,
+            extra={"task_id": task.id, "task": task.name},
+        )
+        return True
+
+    def _commit_success(
+        self,
+        definition: TaskDefinition[t.Any, t.Any],
+        task: ClaimedTask,
+        data: t.Any,
+        duration: float,
     ) -> _Outcome:
-        """Run the success callback; its writes and the row's deletion commit in one
-        transaction through the app's session."""
+        """Run the success callback; its writes (and an atomic task's) and the
+        row's deletion commit in one transaction through the app's session."""
         session = self.db.session()
+        atomic = definition.options.atomic
         extra = {"task_id": task.id, "task": task.name}
-        assert definition.success is not None
         try:
-            self.storage.begin_session_write(session)
-            definition.success(data)
+            if not atomic:
+                self.storage.begin_session_write(session)
+            if definition.success is not None:
+                definition.success(data)
             held = self.storage.complete_in_session(session, self.id, task)
             if not held:
                 session.rollback()
                 logger.warning(
                     "Task %s (%s) finished after its lease was lost; its success"
-                    " callback's writes were rolled back.",
+                    " transaction was rolled back.",
                     task.id,
                     task.name,
                     extra=extra,
@@ -565,8 +735,11 @@ class Worker:
                 return _SETTLED
             session.commit()
             return _SETTLED
-        except Exception:
+        except Exception as exc:
             session.rollback()
+            if atomic:
+                # Nothing of the task was committed, so it is a failed attempt.
+                return self._failed(definition, task, data, exc, duration)
             logger.exception(
                 "The success callback of task %s (%s) raised; the task itself"
                 " succeeded and is removed.",
