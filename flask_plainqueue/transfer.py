@@ -163,23 +163,28 @@ def import_tasks(
     rows = list(_parse(lines, postgresql=storage.dialect == "postgresql"))
     result = ImportResult()
     result.unknown_names = {r["name"] for r in rows} - set(known_names)
-    plain = [r for r in rows if r["unique_key"] is None or r["status"] != STATUS_QUEUED]
-    unique = [
-        r for r in rows if r["unique_key"] is not None and r["status"] == STATUS_QUEUED
-    ]
     if session.in_transaction():
         session.commit()
     storage.begin_session_write(session)
     try:
-        for start in range(0, len(plain), IMPORT_CHUNK):
-            chunk = plain[start : start + IMPORT_CHUNK]
+        # In file order, so ids keep the export's order (claims break ties by id).
+        chunk: list[dict[str, t.Any]] = []
+        for row in rows:
+            if row["unique_key"] is None or row["status"] != STATUS_QUEUED:
+                chunk.append(row)
+                if len(chunk) < IMPORT_CHUNK:
+                    continue
+            if chunk:
+                result.count += len(storage.insert(session, chunk))
+                chunk = []
+            if row["unique_key"] is not None and row["status"] == STATUS_QUEUED:
+                _, new = storage.insert_unique(session, row)
+                if new:
+                    result.count += 1
+                else:
+                    result.duplicates += 1
+        if chunk:
             result.count += len(storage.insert(session, chunk))
-        for row in unique:
-            _, new = storage.insert_unique(session, row)
-            if new:
-                result.count += 1
-            else:
-                result.duplicates += 1
         session.commit()
     except BaseException:
         session.rollback()
