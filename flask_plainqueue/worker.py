@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import concurrent.futures.thread  # noqa: F401 - see below
 import datetime
 import json
 import logging
@@ -26,6 +25,7 @@ from . import signals
 from .exceptions import Retry
 from .exceptions import TaskDataError
 from .notify import Listener
+from .pool import TaskPool
 from .retry import is_dead
 from .retry import retry_delay
 from .storage import ClaimedTask
@@ -42,12 +42,6 @@ if t.TYPE_CHECKING:
     from .schedules import Schedule
     from .tasks import TaskDefinition
     from .tasks import TaskRegistry
-
-# Why concurrent.futures.thread is imported above: concurrent.futures imports
-# its thread pool lazily, and the pool registers its exit hook (which joins the
-# pool's threads) on import. Importing it with this module registers that hook
-# before start_worker registers the one that stops the worker; hooks run in
-# reverse, so at exit the worker stops and hands back unfinished tasks first.
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +124,7 @@ class Worker:
         self._stop_deadline: float | None = None
         self._wake_events: list[threading.Event] = []
         self._lock = threading.Lock()
-        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool: TaskPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._listener: Listener | None = None
@@ -258,7 +252,7 @@ class Worker:
             listener.stop()
         pool, self._pool = self._pool, None
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown()
         loop, self._loop = self._loop, None
         if loop is not None:
             loop.call_soon_threadsafe(loop.stop)
@@ -563,7 +557,7 @@ class Worker:
         with self._lock:
             stuck, self._pool = self._pool, None
         if stuck is not None:
-            stuck.shutdown(wait=False)
+            stuck.shutdown()
 
     def _extend(self, ids: list[int]) -> None:
         try:
@@ -585,13 +579,12 @@ class Worker:
         elif isinstance(outcome, Failure):
             outcomes.failed.append(outcome)
 
-    def _get_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+    def _get_pool(self) -> TaskPool:
         with self._lock:
             if self._pool is None:
                 biggest = max((d.options.batch_size for d in self.registry), default=1)
-                self._pool = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=min(256, biggest * self.concurrency),
-                    thread_name_prefix="plainqueue-task",
+                self._pool = TaskPool(
+                    min(256, biggest * self.concurrency), "plainqueue-task"
                 )
             return self._pool
 
@@ -618,6 +611,16 @@ class Worker:
                 data = _decode(task)
             except TaskDataError as exc:
                 logger.error("Task %s (%s): %s", task.id, task.name, exc, extra=extra)
+                # It is dead without running: receivers hear of it like any death.
+                for signal in (signals.task_failed, signals.task_dead):
+                    signals.send(
+                        signal,
+                        self.app,
+                        task_id=task.id,
+                        task=task.name,
+                        duration=0.0,
+                        exception=exc,
+                    )
                 return Failure(task.id, task.attempts, format_error(exc), self._now(), True)
             signals.send(signals.task_started, self.app, task_id=task.id, task=task.name)
             if logger.isEnabledFor(logging.INFO):

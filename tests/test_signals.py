@@ -19,6 +19,7 @@ from conftest import create_test_app
 from conftest import Env
 
 from flask_plainqueue import signals
+from flask_plainqueue import TaskDataError
 
 EXAMPLE = Path(__file__).parent.parent / "docs" / "examples" / "signal_receivers.py"
 
@@ -274,3 +275,28 @@ def test_documented_metrics_receiver(
         ("s.flaky", "failed"): 2,
     }
     assert set(module.metrics.seconds) == {"s.ok", "s.flaky"}
+
+
+@pytest.mark.usefixtures("tasks")
+def test_undecodable_data_sends_failed_and_dead(env: Env) -> None:
+    if env.db.engine.dialect.name == "postgresql":
+        pytest.skip("jsonb cannot hold text that is not JSON")
+    task_id = env.queue.perform("s.ok", 1)
+    table = env.queue.Task.__table__
+    with env.db.engine.begin() as conn:
+        conn.execute(
+            table.update().where(table.c.id == int(task_id)).values(data="{not json")
+        )
+    with (
+        recording(signals.task_started, env.app) as started,
+        recording(signals.task_failed, env.app) as failed,
+        recording(signals.task_dead, env.app) as dead,
+    ):
+        env.queue.drain()
+    assert started.calls == []
+    for rec in (failed, dead):
+        ((sender, kwargs),) = rec.calls
+        assert sender is env.app
+        assert kwargs["task_id"] == task_id and kwargs["task"] == "s.ok"
+        assert kwargs["duration"] == 0.0
+        assert isinstance(kwargs["exception"], TaskDataError)
