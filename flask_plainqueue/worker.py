@@ -672,9 +672,13 @@ class Worker:
         if not definition.is_async:
             definition.func(*args)
             return
-        future = asyncio.run_coroutine_threadsafe(
-            self._in_context(definition.func, args), self._get_loop()
-        )
+        loop = self._get_loop()
+        coro = self._in_context(definition.func, args)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, loop)
+        except BaseException:
+            coro.close()  # never scheduled (the loop is closing): no warning
+            raise
         timeout = definition.options.timeout
         try:
             future.result(timeout=timeout)
