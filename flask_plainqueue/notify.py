@@ -40,7 +40,7 @@ HEALTH_CHECK_INTERVAL = 30.0
 
 #: ``on_notify(payload)``: ``payload`` is the task's queue, ``""`` for any queue, or
 #: ``None`` after (re)connecting, when notifications may have been missed.
-NotifyCallback = Callable[[t.Optional[str]], None]
+NotifyCallback = Callable[[str | None], None]
 
 
 class Listener:
@@ -56,7 +56,9 @@ class Listener:
     :param name: names the thread and the log lines (e.g. the worker id).
     """
 
-    def __init__(self, storage: Storage, on_notify: NotifyCallback, *, name: str) -> None:
+    def __init__(
+        self, storage: Storage, on_notify: NotifyCallback, *, name: str
+    ) -> None:
         self.storage = storage
         self.on_notify = on_notify
         self.name = name
@@ -142,7 +144,9 @@ class Listener:
                     )
                     lost_since = None
                 else:
-                    logger.debug("Worker %s: listening on %r", self.name, self.storage.channel)
+                    logger.debug(
+                        "Worker %s: listening on %r", self.name, self.storage.channel
+                    )
                 self._listening.set()
                 # Tasks committed while nobody listened sent no notification here.
                 self._call(None)
@@ -169,7 +173,7 @@ class Listener:
 
     def _connect(self) -> None:
         raw = self.storage.engine.raw_connection()
-        conn = raw.driver_connection
+        conn: t.Any = raw.driver_connection
         pgconn = getattr(conn, "pgconn", None)
         if pgconn is None:
             raw.close()
@@ -195,7 +199,9 @@ class Listener:
         fileno = conn.fileno()
         last_traffic = time.monotonic()
         while not self._stop.is_set():
-            ready, _, _ = select.select([fileno, self._wake_r], [], [], HEALTH_CHECK_INTERVAL)
+            ready, _, _ = select.select(
+                [fileno, self._wake_r], [], [], HEALTH_CHECK_INTERVAL
+            )
             if self._stop.is_set():
                 return
             if fileno not in ready:
@@ -273,6 +279,8 @@ def _keepalive(fileno: int) -> None:
             if hasattr(socket, option):
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
     except OSError:  # pragma: no cover - best effort
-        logger.debug("could not set TCP keepalive on the LISTEN connection", exc_info=True)
+        logger.debug(
+            "could not set TCP keepalive on the LISTEN connection", exc_info=True
+        )
     finally:
         sock.close()
