@@ -10,9 +10,10 @@ from collections.abc import Callable
 
 R = t.TypeVar("R")
 
-_Item = t.Optional[
+_Item = (
     tuple["concurrent.futures.Future[t.Any]", Callable[..., t.Any], tuple[t.Any, ...]]
-]
+    | None
+)
 
 
 class TaskPool:

@@ -3,17 +3,14 @@ records what happened. The only module that pushes app contexts."""
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import datetime
-import json
 import logging
 import math
 import os
 import socket
 import threading
 import time
-import traceback
 import typing as t
 import uuid
 from collections.abc import Callable
@@ -22,17 +19,15 @@ from collections.abc import Sequence
 import sqlalchemy.exc
 
 from . import signals
-from .exceptions import Retry
-from .exceptions import TaskDataError
 from .notify import Listener
 from .pool import TaskPool
-from .retry import is_dead
-from .retry import retry_delay
+from .runner import collect
+from .runner import Outcome
+from .runner import TaskRunner
 from .storage import ClaimedTask
-from .storage import Failure
+from .storage import new_row
 from .storage import Outcomes
 from .storage import Storage
-from .storage import new_row
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -62,9 +57,6 @@ HOUSEKEEPING_INTERVAL = 60.0
 MISSING_TABLE_GRACE = 5.0
 
 _ONE_SECOND = datetime.timedelta(seconds=1)
-_COMPLETED = "completed"
-_SETTLED = "settled"
-_Outcome = t.Union[str, Failure]
 
 
 def utcnow() -> datetime.datetime:
@@ -74,11 +66,6 @@ def utcnow() -> datetime.datetime:
 def new_worker_id() -> str:
     """``host:pid:random``, unique per worker, recorded as the lease owner."""
     return f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-
-
-def format_error(exc: BaseException) -> str:
-    """The error's type, message and traceback, as stored in ``failed_error``."""
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
 class Worker:
@@ -125,8 +112,6 @@ class Worker:
         self._wake_events: list[threading.Event] = []
         self._lock = threading.Lock()
         self._pool: TaskPool | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: threading.Thread | None = None
         self._listener: Listener | None = None
         self._reported_unknown: set[str] = set()
         self._missing_table_since: float | None = None
@@ -138,7 +123,7 @@ class Worker:
         #: Tasks still running when the shutdown grace period ran out (handed back).
         self.abandoned = 0
         self._fixed_now: datetime.datetime | None = None
-        self._timed_out: set[tuple[int, int]] = set()
+        self._runner = TaskRunner(app, db, storage, self.id, self._now)
         self._ticks: dict[str, datetime.datetime] = {}
         self._next_tick: datetime.datetime | None = None
         self._last_prune = -HOUSEKEEPING_INTERVAL
@@ -182,13 +167,15 @@ class Worker:
         """Claim the queued task ``task_id`` whether due or not and run it now, in
         the calling thread (eager mode). Returns whether it was there to run."""
         now = self.clock()
-        task = self.storage.claim_id(owner=self.id, task_id=task_id, until=now + self._lease)
+        task = self.storage.claim_id(
+            owner=self.id, task_id=task_id, until=now + self._lease
+        )
         if task is None:
             return False
         definition = self.registry.get(task.name)
-        outcome = self._attempt(definition, task)
+        outcome = self._runner.attempt(definition, task)
         outcomes = Outcomes()
-        self._collect(outcomes, task, outcome)
+        collect(outcomes, task, outcome)
         self.storage.settle(self.id, outcomes, self.clock())
         return True
 
@@ -253,9 +240,7 @@ class Worker:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown()
-        loop, self._loop = self._loop, None
-        if loop is not None:
-            loop.call_soon_threadsafe(loop.stop)
+        self._runner.close()
 
     # -- the loop -----------------------------------------------------------
 
@@ -480,14 +465,18 @@ class Worker:
         outcomes: Outcomes,
     ) -> None:
         pool = self._get_pool()
-        futures = {pool.submit(self._attempt, definition, task): task for task in tasks}
-        pending: set[concurrent.futures.Future[_Outcome]] = set(futures)
+        futures = {
+            pool.submit(self._runner.attempt, definition, task): task for task in tasks
+        }
+        pending: set[concurrent.futures.Future[Outcome]] = set(futures)
         extend_every = self.config.lease_seconds / 3
         next_extend = time.monotonic() + extend_every
         # A coroutine's timeout is enforced on the event loop (it is cancelled);
         # a sync function's here, since its thread cannot be stopped.
         limit = definition.options.timeout
-        deadline = None if limit is None or definition.is_async else time.monotonic() + limit
+        deadline = (
+            None if limit is None or definition.is_async else time.monotonic() + limit
+        )
         # An atomic task holds SQLite's write lock until it commits, so no other
         # worker can claim its row meanwhile, and an extension would only wait
         # for that lock.
@@ -507,11 +496,14 @@ class Worker:
                 pending, timeout=max(timeout, 0), return_when="ALL_COMPLETED"
             )
             for future in done:
-                self._collect(outcomes, futures[future], future.result())
+                collect(outcomes, futures[future], future.result())
             if not pending:
                 break
             ids = [futures[f].id for f in pending]
-            if self._stop_deadline is not None and time.monotonic() >= self._stop_deadline:
+            if (
+                self._stop_deadline is not None
+                and time.monotonic() >= self._stop_deadline
+            ):
                 self.abandoned += len(ids)
                 handed = self.storage.release(self.id, ids, self.clock())
                 logger.warning(
@@ -533,26 +525,7 @@ class Worker:
     def _time_out(
         self, definition: TaskDefinition[t.Any, t.Any], tasks: Sequence[ClaimedTask]
     ) -> None:
-        """Fail sync tasks that ran past their timeout and give up their leases now;
-        their threads run on, and whatever they return later is discarded."""
-        outcomes = Outcomes()
-        with self.app.app_context():
-            for task in tasks:
-                self._timed_out.add((task.id, task.attempts))
-                exc = TimeoutError(
-                    f"task {task.name!r} ran past its timeout of"
-                    f" {definition.options.timeout}s"
-                )
-                try:
-                    data = _decode(task)
-                except TaskDataError:
-                    data = None
-                limit = t.cast(float, definition.options.timeout)
-                outcomes.failed.append(self._failed(definition, task, data, exc, limit))
-        try:
-            self.storage.settle(self.id, outcomes, self._now())
-        except Exception:
-            logger.exception("Worker %s: could not record timed-out tasks", self.id)
+        self._runner.time_out(definition, tasks)
         # The stuck threads keep their pool slots: later batches get a new pool.
         with self._lock:
             stuck, self._pool = self._pool, None
@@ -573,12 +546,6 @@ class Worker:
                 len(ids) - held,
             )
 
-    def _collect(self, outcomes: Outcomes, task: ClaimedTask, outcome: _Outcome) -> None:
-        if outcome == _COMPLETED:
-            outcomes.completed.append((task.id, task.attempts))
-        elif isinstance(outcome, Failure):
-            outcomes.failed.append(outcome)
-
     def _get_pool(self) -> TaskPool:
         with self._lock:
             if self._pool is None:
@@ -587,262 +554,6 @@ class Worker:
                     min(256, biggest * self.concurrency), "plainqueue-task"
                 )
             return self._pool
-
-    def _get_loop(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(
-                    target=_run_loop, args=(loop,), name="plainqueue-asyncio", daemon=True
-                )
-                thread.start()
-                self._loop, self._loop_thread = loop, thread
-            return self._loop
-
-    # -- one attempt --------------------------------------------------------
-
-    def _attempt(
-        self, definition: TaskDefinition[t.Any, t.Any], task: ClaimedTask
-    ) -> _Outcome:
-        """Run one claimed task in a fresh app context; return its outcome."""
-        extra = {"task_id": task.id, "task": task.name}
-        with self.app.app_context():
-            try:
-                data = _decode(task)
-            except TaskDataError as exc:
-                logger.error("Task %s (%s): %s", task.id, task.name, exc, extra=extra)
-                # It is dead without running: receivers hear of it like any death.
-                for signal in (signals.task_failed, signals.task_dead):
-                    signals.send(
-                        signal,
-                        self.app,
-                        task_id=task.id,
-                        task=task.name,
-                        duration=0.0,
-                        exception=exc,
-                    )
-                return Failure(task.id, task.attempts, format_error(exc), self._now(), True)
-            signals.send(signals.task_started, self.app, task_id=task.id, task=task.name)
-            if logger.isEnabledFor(logging.INFO):
-                logger.info("Task %s (%s) started", task.id, task.name, extra=extra)
-            atomic = definition.options.atomic
-            session = self.db.session() if atomic else None
-            start = time.perf_counter()
-            try:
-                if session is not None:
-                    # The task's writes, the success callback's and the row's
-                    # removal commit in this one transaction, or none of them do.
-                    self.storage.begin_session_write(session)
-                self._call(definition, data)
-            except BaseException as exc:
-                duration = time.perf_counter() - start
-                if session is not None:
-                    session.rollback()
-                if self._discard_if_timed_out(task):
-                    return _SETTLED
-                if isinstance(exc, Retry):
-                    return self._retry_requested(definition, task, exc, duration)
-                return self._failed(definition, task, data, exc, duration)
-            duration = time.perf_counter() - start
-            if self._discard_if_timed_out(task):
-                if session is not None:
-                    session.rollback()
-                return _SETTLED
-            if logger.isEnabledFor(logging.INFO):
-                logger.info(
-                    "Task %s (%s) succeeded in %.3fs",
-                    task.id,
-                    task.name,
-                    duration,
-                    extra=extra,
-                )
-            signals.send(
-                signals.task_succeeded,
-                self.app,
-                task_id=task.id,
-                task=task.name,
-                duration=duration,
-            )
-            if definition.success is None and not atomic:
-                return _COMPLETED
-            return self._commit_success(definition, task, data, duration)
-
-    def _call(self, definition: TaskDefinition[t.Any, t.Any], data: t.Any) -> None:
-        args = (data,) if definition.takes_data else ()
-        if not definition.is_async:
-            definition.func(*args)
-            return
-        loop = self._get_loop()
-        coro = self._in_context(definition.func, args)
-        try:
-            future = asyncio.run_coroutine_threadsafe(coro, loop)
-        except BaseException:
-            coro.close()  # never scheduled (the loop is closing): no warning
-            raise
-        timeout = definition.options.timeout
-        try:
-            future.result(timeout=timeout)
-        except concurrent.futures.TimeoutError:
-            if future.done():
-                raise
-            future.cancel()
-            raise TimeoutError(
-                f"task {definition.name!r} ran past its timeout of {timeout}s and was"
-                " cancelled"
-            ) from None
-
-    async def _in_context(
-        self, func: Callable[..., t.Any], args: tuple[t.Any, ...]
-    ) -> t.Any:
-        # The coroutine runs on the loop thread, so it needs its own app context.
-        with self.app.app_context():
-            return await func(*args)
-
-    def _discard_if_timed_out(self, task: ClaimedTask) -> bool:
-        key = (task.id, task.attempts)
-        if key not in self._timed_out:
-            return False
-        self._timed_out.discard(key)
-        logger.warning(
-            "Task %s (%s) finished after its timeout; its result is discarded (the"
-            " timeout was recorded as its failure).",
-            task.id,
-            task.name,
-            extra={"task_id": task.id, "task": task.name},
-        )
-        return True
-
-    def _commit_success(
-        self,
-        definition: TaskDefinition[t.Any, t.Any],
-        task: ClaimedTask,
-        data: t.Any,
-        duration: float,
-    ) -> _Outcome:
-        """Run the success callback; its writes (and an atomic task's) and the
-        row's deletion commit in one transaction through the app's session."""
-        session = self.db.session()
-        atomic = definition.options.atomic
-        extra = {"task_id": task.id, "task": task.name}
-        try:
-            if not atomic:
-                self.storage.begin_session_write(session)
-            if definition.success is not None:
-                definition.success(data)
-            held = self.storage.complete_in_session(session, self.id, task)
-            if not held:
-                session.rollback()
-                logger.warning(
-                    "Task %s (%s) finished after its lease was lost; its success"
-                    " transaction was rolled back.",
-                    task.id,
-                    task.name,
-                    extra=extra,
-                )
-                return _SETTLED
-            session.commit()
-            return _SETTLED
-        except Exception as exc:
-            session.rollback()
-            if atomic:
-                # Nothing of the task was committed, so it is a failed attempt.
-                return self._failed(definition, task, data, exc, duration)
-            logger.exception(
-                "The success callback of task %s (%s) raised; the task itself"
-                " succeeded and is removed.",
-                task.id,
-                task.name,
-                extra=extra,
-            )
-            return _COMPLETED
-
-    def _retry_requested(
-        self,
-        definition: TaskDefinition[t.Any, t.Any],
-        task: ClaimedTask,
-        exc: Retry,
-        duration: float,
-    ) -> Failure:
-        delay = definition.options.retry_interval if exc.delay is None else exc.delay
-        logger.info(
-            "Task %s (%s) asked to be retried in %.3fs",
-            task.id,
-            task.name,
-            delay,
-            extra={"task_id": task.id, "task": task.name},
-        )
-        now = self._now()
-        return Failure(
-            task.id,
-            task.attempts,
-            format_error(exc),
-            now + datetime.timedelta(seconds=delay),
-            dead=False,
-            counts=False,
-        )
-
-    def _failed(
-        self,
-        definition: TaskDefinition[t.Any, t.Any],
-        task: ClaimedTask,
-        data: t.Any,
-        exc: BaseException,
-        duration: float,
-    ) -> Failure:
-        options = definition.options
-        failed_nr = task.failed_nr + 1
-        retryable = isinstance(exc, options.retry_on)
-        dead = not retryable or is_dead(failed_nr, options.max_retries)
-        now = self._now()
-        delay = retry_delay(
-            failed_nr,
-            interval=options.retry_interval,
-            backoff=options.retry_backoff,
-            jitter=options.retry_jitter,
-            max_delay=options.retry_max_delay,
-        )
-        extra = {"task_id": task.id, "task": task.name}
-        logger.error(
-            "Task %s (%s) failed in %.3fs (attempt %d, %s): %s: %s",
-            task.id,
-            task.name,
-            duration,
-            failed_nr,
-            "dead" if dead else f"retry in {delay:.3f}s",
-            type(exc).__name__,
-            exc,
-            extra=extra,
-        )
-        if definition.failure is not None:
-            try:
-                definition.failure(data, exc)
-            except Exception:
-                logger.exception(
-                    "The failure callback of task %s (%s) raised; ignored.",
-                    task.id,
-                    task.name,
-                    extra=extra,
-                )
-        kwargs = {"task_id": task.id, "task": task.name, "duration": duration}
-        signals.send(signals.task_failed, self.app, exception=exc, **kwargs)
-        if dead:
-            signals.send(signals.task_dead, self.app, exception=exc, **kwargs)
-        return Failure(
-            task.id,
-            task.attempts,
-            format_error(exc),
-            now + datetime.timedelta(seconds=delay),
-            dead=dead,
-        )
-
-
-def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-    # Closing here, once ``close()`` has stopped the loop, releases the loop's
-    # self-pipe sockets; each drain() would otherwise leak two file descriptors.
-    try:
-        loop.run_forever()
-    finally:
-        loop.close()
 
 
 def _is_missing_table(exc: BaseException) -> bool:
@@ -853,18 +564,6 @@ def _is_missing_table(exc: BaseException) -> bool:
     return getattr(exc.orig, "sqlstate", None) == "42P01" or "no such table" in str(
         exc.orig
     )
-
-
-def _decode(task: ClaimedTask) -> t.Any:
-    if task.data is None:
-        return None
-    try:
-        return json.loads(task.data)
-    except ValueError as exc:
-        raise TaskDataError(
-            f"Task {task.id} ({task.name}) has data that is not valid JSON, so it"
-            f" cannot run: {exc}. It is kept as dead for inspection."
-        ) from exc
 
 
 class _ChangeProbe:
