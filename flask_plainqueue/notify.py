@@ -188,6 +188,9 @@ class Listener:
         conn.rollback()
         conn.autocommit = True
         _keepalive(conn.fileno())
+        # Notifications that arrive while psycopg itself reads (during LISTEN and
+        # the health check) go to its handlers, not to the loop in _listen.
+        conn.add_notify_handler(lambda n: self._call(n.payload))
         channel = self.storage.channel.replace('"', '""')
         conn.execute(f'LISTEN "{channel}"')
 

@@ -276,3 +276,27 @@ def test_worker_ignores_notifications_of_other_queues(sides: list[Side]) -> None
     worker._on_notify("")
     worker._on_notify(None)
     assert woken == ["woken"] * 3
+
+
+def test_health_checks_keep_the_connection_and_lose_nothing(
+    sides: list[Side], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While idle the listener checks its connection with a query; notifications
+    arriving meanwhile still reach the callback."""
+    monkeypatch.setattr(notify, "HEALTH_CHECK_INTERVAL", 0.01)
+    side = sides[0]
+
+    @side.queue.task(name="t")
+    def task(data: t.Any) -> None: ...
+
+    listener, received = _listener(side)
+    try:
+        with side.app.app_context():
+            for n in range(20):
+                side.queue.perform(task, n)
+                assert received.get(timeout=TIMEOUT) == "default"
+                time.sleep(0.02)
+        assert listener.listening
+        assert listener.connects == 1
+    finally:
+        listener.stop()
