@@ -69,7 +69,9 @@ class QueueConfig:
         :raises ConfigurationError: a key has a value of the wrong type or range.
         """
         for key, value in DEFAULTS.items():
-            app.config.setdefault(key, list(value) if isinstance(value, list) else value)
+            app.config.setdefault(
+                key, list(value) if isinstance(value, list) else value
+            )
         c = app.config
         tasks = c["PLAINQUEUE_TASKS"]
         if isinstance(tasks, str):
@@ -152,5 +154,7 @@ def _seconds(config: Mapping[str, t.Any], key: str, *, positive: bool = False) -
 def _count(config: Mapping[str, t.Any], key: str) -> int:
     value = config[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"{key} must be a whole number of 1 or more, got {value!r}.")
+        raise ConfigurationError(
+            f"{key} must be a whole number of 1 or more, got {value!r}."
+        )
     return value

@@ -44,7 +44,9 @@ class Retry(PlainQueueError):
     """
 
     def __init__(
-        self, delay: float | datetime.timedelta | None = None, message: str | None = None
+        self,
+        delay: float | datetime.timedelta | None = None,
+        message: str | None = None,
     ) -> None:
         if isinstance(delay, datetime.timedelta):
             delay = delay.total_seconds()

@@ -5,43 +5,36 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import inspect
-import json
 import logging
-import os
 import threading
 import typing as t
 import weakref
 from collections.abc import Callable
 from collections.abc import Iterable
 
-import click
-from flask import Flask
-from flask import current_app
 import sqlalchemy as sa
+from flask import current_app
+from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from . import signals
 from .config import QueueConfig
+from .embedded import at_exit
+from .embedded import exit_on_sigterm
+from .embedded import serving_with_flask_run
+from .enqueue import build_row
 from .exceptions import ConfigurationError
-from .exceptions import TaskDataError
-from .models import TaskModel
 from .models import build_periodic_table
 from .models import build_task_model
-from .storage import Storage
+from .models import TaskModel
 from .storage import configure_sqlite_engine
-from .storage import new_row
-from .tasks import FailureCallback
-from .tasks import JSONValue
-from .tasks import P
-from .tasks import R
-from .tasks import SuccessCallback
-from .tasks import TaskDefinition
-from .tasks import TaskOptions
-from .tasks import TaskRegistry
-from .tasks import default_name
+from .storage import Storage
 from .tasks import import_task_modules
+from .tasks import JSONValue
+from .tasks import TaskDecorators
+from .tasks import TaskDefinition
+from .tasks import TaskRegistry
 from .worker import Worker
 from .worker import WorkerThread
 
@@ -66,7 +59,7 @@ class _AppState:
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
-class PlainQueue:
+class PlainQueue(TaskDecorators):
     """A persistent task queue stored in the app's own database.
 
     .. code-block:: python
@@ -163,10 +156,12 @@ class PlainQueue:
         if config.dashboard:
             from .dashboard import make_blueprint
 
-            app.register_blueprint(make_blueprint(self), url_prefix=config.dashboard_url)
-        if config.embedded_worker and not app.testing and _serving_with_flask_run():
+            app.register_blueprint(
+                make_blueprint(self), url_prefix=config.dashboard_url
+            )
+        if config.embedded_worker and not app.testing and serving_with_flask_run():
             self.start_worker(app)
-            _exit_on_sigterm()
+            exit_on_sigterm()
 
     def _resolve_db(self, app: Flask, db: SQLAlchemy | None) -> SQLAlchemy:
         registered = app.extensions.get("sqlalchemy")
@@ -216,207 +211,6 @@ class PlainQueue:
             )
         return self._model
 
-    # -- task definitions ---------------------------------------------------
-
-    @t.overload
-    def task(self, func: Callable[P, R], /) -> TaskDefinition[P, R]: ...
-
-    @t.overload
-    def task(
-        self,
-        func: None = None,
-        /,
-        *,
-        name: str | None = None,
-        batch_size: int = 1,
-        success: SuccessCallback | None = None,
-        failure: FailureCallback | None = None,
-        max_retries: int = 5,
-        retry_interval: float = 3.0,
-        retry_backoff: float = 1.0,
-        retry_jitter: float = 0.0,
-        retry_max_delay: float = 3600.0,
-        retry_on: Iterable[type[BaseException]] = (Exception,),
-        poll_interval: float | None = None,
-        queue: str = "default",
-        priority: int = 0,
-        timeout: float | None = None,
-        atomic: bool = False,
-    ) -> Callable[[Callable[P, R]], TaskDefinition[P, R]]: ...
-
-    def task(
-        self,
-        func: Callable[P, R] | None = None,
-        /,
-        *,
-        name: str | None = None,
-        batch_size: int = 1,
-        success: SuccessCallback | None = None,
-        failure: FailureCallback | None = None,
-        max_retries: int = 5,
-        retry_interval: float = 3.0,
-        retry_backoff: float = 1.0,
-        retry_jitter: float = 0.0,
-        retry_max_delay: float = 3600.0,
-        retry_on: Iterable[type[BaseException]] = (Exception,),
-        poll_interval: float | None = None,
-        queue: str = "default",
-        priority: int = 0,
-        timeout: float | None = None,
-        atomic: bool = False,
-    ) -> TaskDefinition[P, R] | Callable[[Callable[P, R]], TaskDefinition[P, R]]:
-        """Register a function as a task definition; usable bare (``@queue.task``)
-        or with options.
-
-        :param name: stored in each row; default ``module.qualname``. Set it, so
-            renaming the function cannot orphan waiting tasks.
-        :param batch_size: how many due tasks of this name a worker claims at once
-            and runs concurrently.
-        :param success: ``success(data)`` after a successful run; its database
-            writes commit together with the row's removal.
-        :param failure: ``failure(data, exception)`` after each failed attempt.
-        :param max_retries: failures allowed before the task is kept as dead; it
-            runs at most ``max_retries + 1`` times.
-        :param retry_interval: seconds before the first retry.
-        :param retry_backoff: factor the interval grows by with each failure.
-        :param retry_jitter: up to this fraction is added to each wait at random.
-        :param retry_max_delay: the longest wait between attempts.
-        :param retry_on: exception classes that are retried; others make the task
-            dead at once.
-        :param poll_interval: how often an idle worker polls for this task;
-            default ``PLAINQUEUE_POLL_INTERVAL``.
-        :param queue: the queue name, for ``flask queue work --queue``.
-        :param priority: tasks of higher priority are claimed first.
-        :param timeout: seconds an attempt may run before it is failed with a
-            :class:`TimeoutError` (a coroutine is cancelled; a sync function's
-            thread runs on and its result is discarded).
-        :param atomic: the function's ``db.session`` writes, the success
-            callback's and the row's removal commit in one transaction, or none.
-        :raises DuplicateTaskName: the name is taken by another function.
-        :raises ConfigurationError: an option is out of range.
-        """
-        return self._decorator(
-            func,
-            name=name,
-            success=success,
-            failure=failure,
-            schedule=None,
-            catch_up=True,
-            options=dict(
-                batch_size=batch_size,
-                max_retries=max_retries,
-                retry_interval=retry_interval,
-                retry_backoff=retry_backoff,
-                retry_jitter=retry_jitter,
-                retry_max_delay=retry_max_delay,
-                retry_on=tuple(retry_on),
-                poll_interval=poll_interval,
-                queue=queue,
-                priority=priority,
-                timeout=timeout,
-                atomic=atomic,
-            ),
-        )
-
-    def periodic(
-        self,
-        *,
-        cron: str | None = None,
-        every: datetime.timedelta | None = None,
-        tz: str | None = None,
-        catch_up: bool = True,
-        name: str | None = None,
-        success: SuccessCallback | None = None,
-        failure: FailureCallback | None = None,
-        max_retries: int = 0,
-        retry_interval: float = 3.0,
-        queue: str = "default",
-        priority: int = 0,
-        timeout: float | None = None,
-        atomic: bool = False,
-    ) -> Callable[[Callable[P, R]], TaskDefinition[P, R]]:
-        """Register a function that runs on a schedule, once per tick however many
-        workers run: a ``cron`` expression (croniter syntax, in ``tz``, UTC by
-        default) or a fixed interval ``every``.
-
-        The function may take no argument (or one, which is ``None``). A tick
-        missed while no worker ran is run once when one starts (not once per
-        missed tick); with ``catch_up=False`` a tick is skipped unless a worker
-        sees it within a few seconds. A new schedule waits for its first tick.
-        Other options are as for :meth:`task`; ``max_retries`` defaults to 0,
-        since the next tick comes anyway.
-
-        :raises ConfigurationError: a bad cron expression, ``every`` not
-            positive, both or neither given, an unknown ``tz``.
-        """
-        from .schedules import Schedule
-
-        schedule = Schedule(cron=cron, every=every, tz=tz)
-        if not isinstance(catch_up, bool):
-            raise ConfigurationError(f"catch_up must be True or False, got {catch_up!r}.")
-
-        def decorator(f: Callable[P, R]) -> TaskDefinition[P, R]:
-            definition = self._decorator(
-                f,
-                name=name,
-                success=success,
-                failure=failure,
-                schedule=schedule,
-                catch_up=catch_up,
-                options=dict(
-                    max_retries=max_retries,
-                    retry_interval=retry_interval,
-                    queue=queue,
-                    priority=priority,
-                    timeout=timeout,
-                    atomic=atomic,
-                ),
-            )
-            return t.cast("TaskDefinition[P, R]", definition)
-
-        return decorator
-
-    def _decorator(
-        self,
-        func: Callable[P, R] | None,
-        *,
-        name: str | None,
-        success: SuccessCallback | None,
-        failure: FailureCallback | None,
-        schedule: t.Any,
-        catch_up: bool,
-        options: dict[str, t.Any],
-    ) -> TaskDefinition[P, R] | Callable[[Callable[P, R]], TaskDefinition[P, R]]:
-        task_options = TaskOptions(**options)
-        for label, callback in (("success", success), ("failure", failure)):
-            if callback is not None and not callable(callback):
-                raise ConfigurationError(f"{label} must be callable, got {callback!r}.")
-
-        def decorator(f: Callable[P, R]) -> TaskDefinition[P, R]:
-            if not callable(f):
-                raise TypeError(f"@queue.task decorates a function, got {f!r}.")
-            if task_options.atomic and inspect.iscoroutinefunction(f):
-                raise ConfigurationError(
-                    "atomic=True needs a sync function: an async task's session"
-                    " lives on the event loop, outside the atomic transaction."
-                )
-            definition = TaskDefinition(
-                self,
-                f,
-                name=name or default_name(f),
-                options=task_options,
-                success=success,
-                failure=failure,
-                schedule=schedule,
-                catch_up=catch_up,
-            )
-            self.registry.add(definition)
-            return definition
-
-        if func is not None:
-            return decorator(func)
-        return decorator
-
     # -- enqueue ------------------------------------------------------------
 
     def perform(
@@ -452,7 +246,7 @@ class PlainQueue:
         """
         definition = self._definition(task)
         state = self._state()
-        row = self._row(definition, data, delay, run_at, priority, unique_key)
+        row = build_row(definition, data, delay, run_at, priority, unique_key)
         session = t.cast("SQLAlchemy", self.db).session()
         if commit:
             # Ending any read snapshot first lets the insert take the write lock
@@ -492,7 +286,9 @@ class PlainQueue:
         """
         definition = self._definition(task)
         state = self._state()
-        rows = [self._row(definition, item, delay, run_at, priority, None) for item in items]
+        rows = [
+            build_row(definition, item, delay, run_at, priority, None) for item in items
+        ]
         if not rows:
             return []
         session = t.cast("SQLAlchemy", self.db).session()
@@ -525,41 +321,6 @@ class PlainQueue:
                 f"Task {task.name!r} is registered with another PlainQueue instance."
             )
         return task
-
-    def _row(
-        self,
-        definition: TaskDefinition[t.Any, t.Any],
-        data: JSONValue,
-        delay: float | datetime.timedelta | None,
-        run_at: datetime.datetime | None,
-        priority: int | None,
-        unique_key: str | None,
-    ) -> dict[str, t.Any]:
-        try:
-            text = json.dumps(data, allow_nan=False, separators=(",", ":"))
-        except (TypeError, ValueError) as exc:
-            raise TaskDataError(
-                f"The data for task {definition.name!r} is not JSON-serialisable:"
-                f" {exc}. Pass only dicts, lists, strings, numbers, booleans and"
-                " None, e.g. an id instead of a model object."
-            ) from exc
-        now = datetime.datetime.now(UTC)
-        due = _due_time(now, delay, run_at)
-        if priority is None:
-            priority = definition.options.priority
-        elif isinstance(priority, bool) or not isinstance(priority, int):
-            raise TypeError(f"priority must be a whole number, got {priority!r}.")
-        if unique_key is not None and not isinstance(unique_key, str):
-            raise TypeError(f"unique_key must be a string, got {unique_key!r}.")
-        return new_row(
-            definition.name,
-            queue=definition.options.queue,
-            priority=priority,
-            data=text,
-            now=now,
-            run_at=due,
-            unique_key=unique_key,
-        )
 
     def _enqueued(
         self,
@@ -703,7 +464,9 @@ class PlainQueue:
         .. versionadded:: 0.1
         """
         if not callable(func):
-            raise TypeError(f"@queue.dashboard_auth decorates a function, got {func!r}.")
+            raise TypeError(
+                f"@queue.dashboard_auth decorates a function, got {func!r}."
+            )
         self._dashboard_auth = func
         return func
 
@@ -732,7 +495,9 @@ class PlainQueue:
         finally:
             worker.close()
 
-    def start_worker(self, app: Flask | None = None, *, force: bool = False) -> WorkerThread:
+    def start_worker(
+        self, app: Flask | None = None, *, force: bool = False
+    ) -> WorkerThread:
         """Start the embedded worker thread for ``app`` (default: the current app)
         unless it runs already; return it. Under gevent's monkey-patching the
         thread is a greenlet.
@@ -758,10 +523,12 @@ class PlainQueue:
         with state.lock:
             state.thread = thread
         thread.start()
-        _at_exit(lambda: self.stop_worker(app))
+        at_exit(lambda: self.stop_worker(app))
         return thread
 
-    def stop_worker(self, app: Flask | None = None, *, timeout: float | None = None) -> bool:
+    def stop_worker(
+        self, app: Flask | None = None, *, timeout: float | None = None
+    ) -> bool:
         """Stop the embedded worker: no new claims, running tasks get ``timeout``
         seconds (default ``PLAINQUEUE_SHUTDOWN_GRACE``), the rest are handed back.
         Returns whether it stopped (``True`` if none was running)."""
@@ -771,88 +538,12 @@ class PlainQueue:
             thread, state.thread = state.thread, None
         if thread is None:
             return True
-        stopped = thread.stop(state.config.shutdown_grace if timeout is None else timeout)
+        stopped = thread.stop(
+            state.config.shutdown_grace if timeout is None else timeout
+        )
         self.forget_worker(thread.worker)
         return stopped
 
 
-def _due_time(
-    now: datetime.datetime,
-    delay: float | datetime.timedelta | None,
-    run_at: datetime.datetime | None,
-) -> datetime.datetime:
-    if delay is not None and run_at is not None:
-        raise ValueError("Give delay or run_at, not both.")
-    if run_at is not None:
-        if not isinstance(run_at, datetime.datetime):
-            raise TypeError(f"run_at must be a datetime, got {run_at!r}.")
-        if run_at.tzinfo is None or run_at.utcoffset() is None:
-            raise ValueError(
-                f"run_at is a naive datetime ({run_at!r}); give it a timezone, e.g."
-                " datetime.now(timezone.utc) + timedelta(minutes=5)."
-            )
-        return run_at.astimezone(UTC)
-    if delay is None:
-        return now
-    if isinstance(delay, datetime.timedelta):
-        seconds = delay.total_seconds()
-    elif isinstance(delay, bool) or not isinstance(delay, (int, float)):
-        raise TypeError(f"delay must be seconds or a timedelta, got {delay!r}.")
-    else:
-        seconds = float(delay)
-    if seconds < 0:
-        raise ValueError(f"delay must not be negative, got {delay!r}.")
-    return now + datetime.timedelta(seconds=seconds)
-
-
 def _explicit_keys(app: Flask) -> set[str]:
     return {k for k in app.config if k.startswith("PLAINQUEUE_")}
-
-
-def _serving_with_flask_run() -> bool:
-    """Whether this process is the one ``flask run`` serves from: the reloader's
-    child (``WERKZEUG_RUN_MAIN``), or the only process under ``--no-reload``.
-    Other commands (``flask shell``, ``flask queue work``) and the reloader's
-    watching parent start no worker."""
-    from flask.cli import run_command
-
-    ctx = click.get_current_context(silent=True)
-    if ctx is None or ctx.command is not run_command:
-        return False
-    if os.environ.get("WERKZEUG_RUN_MAIN") == "true":
-        return True
-    reload = ctx.params.get("reload")
-    if reload is None:
-        from flask.helpers import get_debug_flag
-
-        reload = get_debug_flag()
-    return not reload
-
-
-def _exit_on_sigterm() -> None:
-    """Make SIGTERM exit normally, so the worker is stopped at exit and hands back
-    what it runs. Werkzeug's reloader does this for its child; under
-    ``flask run --no-reload`` nothing would, and SIGTERM would kill the process
-    with the worker's tasks still leased. A handler the app set is kept."""
-    import signal
-    import sys
-
-    if threading.current_thread() is not threading.main_thread():
-        return
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-
-
-def _at_exit(func: Callable[[], object]) -> None:
-    # threading's hook runs before concurrent.futures joins its pool threads, so
-    # the worker can still hand back unfinished tasks; atexit would run too late.
-    register = getattr(threading, "_register_atexit", None)
-    if register is not None:
-        try:
-            register(func)
-            return
-        except RuntimeError:  # the interpreter is already shutting down
-            return
-    import atexit
-
-    atexit.register(func)

@@ -46,7 +46,9 @@ class Schedule:
             try:
                 zoneinfo.ZoneInfo(self.tz)
             except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-                raise ConfigurationError(f"tz={self.tz!r} is not a known time zone.") from exc
+                raise ConfigurationError(
+                    f"tz={self.tz!r} is not a known time zone."
+                ) from exc
         if self.cron is not None:
             croniter = _croniter()
             if not isinstance(self.cron, str) or not croniter.is_valid(self.cron):

@@ -99,7 +99,9 @@ class Outcomes:
         self.failed.clear()
 
 
-def configure_sqlite_engine(engine: Engine, *, synchronous: str, busy_timeout: float) -> None:
+def configure_sqlite_engine(
+    engine: Engine, *, synchronous: str, busy_timeout: float
+) -> None:
     """Set WAL, ``synchronous`` and a busy timeout on every new SQLite connection
     of ``engine``.
 
@@ -169,7 +171,9 @@ class Storage:
             .order_by(*order)
             .limit(1)
         )
-        self._head_q = self._head.where(c.queue.in_(sa.bindparam("queues", expanding=True)))
+        self._head_q = self._head.where(
+            c.queue.in_(sa.bindparam("queues", expanding=True))
+        )
         ids = (
             sa.select(c.id)
             .where(due, c.name == sa.bindparam("p_name"))
@@ -180,7 +184,9 @@ class Storage:
         self._claim = self._claim_statement(ids)
         self._claim_q = self._claim_statement(ids_q)
         self._claim_one = self._claim_statement(
-            sa.select(c.id).where(c.id == sa.bindparam("p_id"), c.status == STATUS_QUEUED),
+            sa.select(c.id).where(
+                c.id == sa.bindparam("p_id"), c.status == STATUS_QUEUED
+            ),
             skip_locked=False,
         )
         owned = sa.and_(
@@ -291,7 +297,9 @@ class Storage:
         )
         return list(session.execute(stmt, list(rows)).scalars())
 
-    def insert_unique(self, session: Session, row: dict[str, t.Any]) -> tuple[int, bool]:
+    def insert_unique(
+        self, session: Session, row: dict[str, t.Any]
+    ) -> tuple[int, bool]:
         """Insert ``row`` unless a queued task with its name and ``unique_key``
         exists; return the id of the new or the existing task, and whether it is
         new. The unique index decides, so two racing processes cannot both insert.
@@ -306,7 +314,9 @@ class Storage:
         stmt = (
             dialect_insert(self.table)
             .values(**row)
-            .on_conflict_do_nothing(index_elements=[c.name, c.unique_key], index_where=where)
+            .on_conflict_do_nothing(
+                index_elements=[c.name, c.unique_key], index_where=where
+            )
             .returning(c.id, *self._notify_cols)
         )
         for _ in range(10):
@@ -429,7 +439,9 @@ class Storage:
                 ],
             )
 
-    def complete_in_session(self, session: Session, owner: str, task: ClaimedTask) -> bool:
+    def complete_in_session(
+        self, session: Session, owner: str, task: ClaimedTask
+    ) -> bool:
         """Delete a finished task through ``session``, so the deletion commits with
         the session's other writes (the success callback's). Returns whether this
         worker still held the task; if not, the caller must roll back."""
@@ -525,10 +537,15 @@ class Storage:
             ).rowcount
             if not moved or row is None:
                 return False
-            conn.execute(sa.insert(self.table).returning(self.table.c.id, *self._notify_cols), row)
+            conn.execute(
+                sa.insert(self.table).returning(self.table.c.id, *self._notify_cols),
+                row,
+            )
             return True
 
-    def prune(self, before: datetime.datetime, *, batch: int = 1000, max_batches: int = 100) -> int:
+    def prune(
+        self, before: datetime.datetime, *, batch: int = 1000, max_batches: int = 100
+    ) -> int:
         """Delete dead tasks that last failed before ``before``, ``batch`` rows per
         transaction so a large prune never holds the write lock for long."""
         c = self.table.c

@@ -9,6 +9,7 @@ import inspect
 import pkgutil
 import typing as t
 from collections.abc import Callable
+from collections.abc import Iterable
 from collections.abc import Iterator
 
 from .exceptions import ConfigurationError
@@ -20,9 +21,9 @@ if t.TYPE_CHECKING:
     from .schedules import Schedule
 
 #: A value that survives a JSON round trip: what ``perform`` accepts as ``data``.
-JSONValue = t.Union[
-    None, bool, int, float, str, list["JSONValue"], dict[str, "JSONValue"]
-]
+JSONValue: t.TypeAlias = (
+    None | bool | int | float | str | list["JSONValue"] | dict[str, "JSONValue"]
+)
 
 P = t.ParamSpec("P")
 R = t.TypeVar("R")
@@ -52,7 +53,9 @@ class TaskOptions:
         if self.timeout is not None:
             _check_seconds("timeout", self.timeout, positive=True)
         if not isinstance(self.atomic, bool):
-            raise ConfigurationError(f"atomic must be True or False, got {self.atomic!r}.")
+            raise ConfigurationError(
+                f"atomic must be True or False, got {self.atomic!r}."
+            )
         _check_int("batch_size", self.batch_size, minimum=1)
         _check_int("max_retries", self.max_retries, minimum=0)
         _check_int("priority", self.priority, minimum=None)
@@ -61,14 +64,18 @@ class TaskOptions:
         _check_seconds("retry_jitter", self.retry_jitter)
         if self.poll_interval is not None:
             _check_seconds("poll_interval", self.poll_interval, positive=True)
-        if isinstance(self.retry_backoff, bool) or not isinstance(
-            self.retry_backoff, (int, float)
-        ) or self.retry_backoff < 1:
+        if (
+            isinstance(self.retry_backoff, bool)
+            or not isinstance(self.retry_backoff, (int, float))
+            or self.retry_backoff < 1
+        ):
             raise ConfigurationError(
                 f"retry_backoff must be a number of 1 or more, got {self.retry_backoff!r}."
             )
         if not isinstance(self.queue, str) or not self.queue:
-            raise ConfigurationError(f"queue must be a non-empty string, got {self.queue!r}.")
+            raise ConfigurationError(
+                f"queue must be a non-empty string, got {self.queue!r}."
+            )
         if not all(
             isinstance(e, type) and issubclass(e, BaseException) for e in self.retry_on
         ):
@@ -247,3 +254,212 @@ def import_task_modules(names: t.Iterable[str]) -> None:
             continue
         for info in pkgutil.walk_packages(path, prefix=f"{module.__name__}."):
             importlib.import_module(info.name)
+
+
+class TaskDecorators:
+    """``@queue.task`` and ``@queue.periodic``, mixed into
+    :class:`~flask_plainqueue.PlainQueue`: they build task definitions and add
+    them to its registry."""
+
+    registry: TaskRegistry
+
+    @t.overload
+    def task(self, func: Callable[P, R], /) -> TaskDefinition[P, R]: ...
+
+    @t.overload
+    def task(
+        self,
+        func: None = None,
+        /,
+        *,
+        name: str | None = None,
+        batch_size: int = 1,
+        success: SuccessCallback | None = None,
+        failure: FailureCallback | None = None,
+        max_retries: int = 5,
+        retry_interval: float = 3.0,
+        retry_backoff: float = 1.0,
+        retry_jitter: float = 0.0,
+        retry_max_delay: float = 3600.0,
+        retry_on: Iterable[type[BaseException]] = (Exception,),
+        poll_interval: float | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        timeout: float | None = None,
+        atomic: bool = False,
+    ) -> Callable[[Callable[P, R]], TaskDefinition[P, R]]: ...
+
+    def task(
+        self,
+        func: Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        batch_size: int = 1,
+        success: SuccessCallback | None = None,
+        failure: FailureCallback | None = None,
+        max_retries: int = 5,
+        retry_interval: float = 3.0,
+        retry_backoff: float = 1.0,
+        retry_jitter: float = 0.0,
+        retry_max_delay: float = 3600.0,
+        retry_on: Iterable[type[BaseException]] = (Exception,),
+        poll_interval: float | None = None,
+        queue: str = "default",
+        priority: int = 0,
+        timeout: float | None = None,
+        atomic: bool = False,
+    ) -> TaskDefinition[P, R] | Callable[[Callable[P, R]], TaskDefinition[P, R]]:
+        """Register a function as a task definition; usable bare (``@queue.task``)
+        or with options.
+
+        :param name: stored in each row; default ``module.qualname``. Set it, so
+            renaming the function cannot orphan waiting tasks.
+        :param batch_size: how many due tasks of this name a worker claims at once
+            and runs concurrently.
+        :param success: ``success(data)`` after a successful run; its database
+            writes commit together with the row's removal.
+        :param failure: ``failure(data, exception)`` after each failed attempt.
+        :param max_retries: failures allowed before the task is kept as dead; it
+            runs at most ``max_retries + 1`` times.
+        :param retry_interval: seconds before the first retry.
+        :param retry_backoff: factor the interval grows by with each failure.
+        :param retry_jitter: up to this fraction is added to each wait at random.
+        :param retry_max_delay: the longest wait between attempts.
+        :param retry_on: exception classes that are retried; others make the task
+            dead at once.
+        :param poll_interval: how often an idle worker polls for this task;
+            default ``PLAINQUEUE_POLL_INTERVAL``.
+        :param queue: the queue name, for ``flask queue work --queue``.
+        :param priority: tasks of higher priority are claimed first.
+        :param timeout: seconds an attempt may run before it is failed with a
+            :class:`TimeoutError` (a coroutine is cancelled; a sync function's
+            thread runs on and its result is discarded).
+        :param atomic: the function's ``db.session`` writes, the success
+            callback's and the row's removal commit in one transaction, or none.
+        :raises DuplicateTaskName: the name is taken by another function.
+        :raises ConfigurationError: an option is out of range.
+        """
+        return self._decorator(
+            func,
+            name=name,
+            success=success,
+            failure=failure,
+            schedule=None,
+            catch_up=True,
+            options=dict(
+                batch_size=batch_size,
+                max_retries=max_retries,
+                retry_interval=retry_interval,
+                retry_backoff=retry_backoff,
+                retry_jitter=retry_jitter,
+                retry_max_delay=retry_max_delay,
+                retry_on=tuple(retry_on),
+                poll_interval=poll_interval,
+                queue=queue,
+                priority=priority,
+                timeout=timeout,
+                atomic=atomic,
+            ),
+        )
+
+    def periodic(
+        self,
+        *,
+        cron: str | None = None,
+        every: datetime.timedelta | None = None,
+        tz: str | None = None,
+        catch_up: bool = True,
+        name: str | None = None,
+        success: SuccessCallback | None = None,
+        failure: FailureCallback | None = None,
+        max_retries: int = 0,
+        retry_interval: float = 3.0,
+        queue: str = "default",
+        priority: int = 0,
+        timeout: float | None = None,
+        atomic: bool = False,
+    ) -> Callable[[Callable[P, R]], TaskDefinition[P, R]]:
+        """Register a function that runs on a schedule, once per tick however many
+        workers run: a ``cron`` expression (croniter syntax, in ``tz``, UTC by
+        default) or a fixed interval ``every``.
+
+        The function may take no argument (or one, which is ``None``). A tick
+        missed while no worker ran is run once when one starts (not once per
+        missed tick); with ``catch_up=False`` a tick is skipped unless a worker
+        sees it within a few seconds. A new schedule waits for its first tick.
+        Other options are as for :meth:`task`; ``max_retries`` defaults to 0,
+        since the next tick comes anyway.
+
+        :raises ConfigurationError: a bad cron expression, ``every`` not
+            positive, both or neither given, an unknown ``tz``.
+        """
+        from .schedules import Schedule
+
+        schedule = Schedule(cron=cron, every=every, tz=tz)
+        if not isinstance(catch_up, bool):
+            raise ConfigurationError(
+                f"catch_up must be True or False, got {catch_up!r}."
+            )
+
+        def decorator(f: Callable[P, R]) -> TaskDefinition[P, R]:
+            definition = self._decorator(
+                f,
+                name=name,
+                success=success,
+                failure=failure,
+                schedule=schedule,
+                catch_up=catch_up,
+                options=dict(
+                    max_retries=max_retries,
+                    retry_interval=retry_interval,
+                    queue=queue,
+                    priority=priority,
+                    timeout=timeout,
+                    atomic=atomic,
+                ),
+            )
+            return t.cast("TaskDefinition[P, R]", definition)
+
+        return decorator
+
+    def _decorator(
+        self,
+        func: Callable[P, R] | None,
+        *,
+        name: str | None,
+        success: SuccessCallback | None,
+        failure: FailureCallback | None,
+        schedule: t.Any,
+        catch_up: bool,
+        options: dict[str, t.Any],
+    ) -> TaskDefinition[P, R] | Callable[[Callable[P, R]], TaskDefinition[P, R]]:
+        task_options = TaskOptions(**options)
+        for label, callback in (("success", success), ("failure", failure)):
+            if callback is not None and not callable(callback):
+                raise ConfigurationError(f"{label} must be callable, got {callback!r}.")
+
+        def decorator(f: Callable[P, R]) -> TaskDefinition[P, R]:
+            if not callable(f):
+                raise TypeError(f"@queue.task decorates a function, got {f!r}.")
+            if task_options.atomic and inspect.iscoroutinefunction(f):
+                raise ConfigurationError(
+                    "atomic=True needs a sync function: an async task's session"
+                    " lives on the event loop, outside the atomic transaction."
+                )
+            definition = TaskDefinition(
+                self,
+                f,
+                name=name or default_name(f),
+                options=task_options,
+                success=success,
+                failure=failure,
+                schedule=schedule,
+                catch_up=catch_up,
+            )
+            self.registry.add(definition)
+            return definition
+
+        if func is not None:
+            return decorator(func)
+        return decorator

@@ -55,6 +55,8 @@ HOUSEKEEPING_INTERVAL = 60.0
 #: How long a missing queue table is waited for quietly before it is reported:
 #: under ``flask run`` the worker starts while the app may still be creating it.
 MISSING_TABLE_GRACE = 5.0
+#: While claiming keeps failing, how often it is logged again (seconds).
+FAILURE_LOG_INTERVAL = 60.0
 
 _ONE_SECOND = datetime.timedelta(seconds=1)
 
@@ -116,6 +118,10 @@ class Worker:
         self._reported_unknown: set[str] = set()
         self._missing_table_since: float | None = None
         self._missing_table_reported = False
+        # A failing claim (e.g. the database restarting) is logged with its
+        # traceback once, then once a minute, and its recovery once.
+        self._claims_failing_since: float | None = None
+        self._claims_failure_logged = 0.0
         # The first look for unknown names waits a little: under `flask run` the
         # worker starts while the app is still registering its tasks.
         self._last_housekeeping = time.monotonic() - HOUSEKEEPING_INTERVAL + 10.0
@@ -265,6 +271,8 @@ class Worker:
                 try:
                     ran = self._cycle(outcomes, None)
                     self._missing_table_since = None
+                    if self._claims_failing_since is not None:
+                        self._claims_work_again()
                 except Exception as exc:
                     self._claim_failed(exc, burst)
                     ran = 0
@@ -289,7 +297,20 @@ class Worker:
 
     def _claim_failed(self, exc: Exception, burst: bool) -> None:
         if not _is_missing_table(exc):
-            logger.exception("Worker %s: claiming failed; will retry", self.id)
+            now = time.monotonic()
+            if self._claims_failing_since is None:
+                self._claims_failing_since = self._claims_failure_logged = now
+                logger.exception("Worker %s: claiming failed; will retry", self.id)
+            elif now - self._claims_failure_logged >= FAILURE_LOG_INTERVAL:
+                self._claims_failure_logged = now
+                logger.error(
+                    "Worker %s: claiming still fails after %.0fs: %s",
+                    self.id,
+                    now - self._claims_failing_since,
+                    exc,
+                )
+            else:
+                logger.debug("Worker %s: claiming failed again: %s", self.id, exc)
             return
         # A missing table is a setup step not done yet, not a crash: say so once,
         # without a traceback per poll.
@@ -306,6 +327,15 @@ class Worker:
             self.id,
             self.storage.table.name,
         )
+
+    def _claims_work_again(self) -> None:
+        since, self._claims_failing_since = self._claims_failing_since, None
+        if since is not None:
+            logger.warning(
+                "Worker %s: claiming works again after %.1fs of failures",
+                self.id,
+                time.monotonic() - since,
+            )
 
     def _poll_interval(self) -> float:
         intervals = [
