@@ -150,6 +150,14 @@ def run_scenario(
             index = scenario.contenders.index(contender)
             workdir = work / scenario.key / f"round{rnd}-contender{index}"
             result = measure(contender.func, contender.params, workdir, timeout)
+            if "error" in result:
+                # One retry, in a fresh directory: a shared machine's PostgreSQL may
+                # be restarting under someone else's test. A second error counts.
+                log(f"   round {rnd + 1}: {contender.label}: retrying after: {result['error'][-300:]}")
+                shutil.rmtree(workdir, ignore_errors=True)
+                time.sleep(2)
+                result = measure(contender.func, contender.params, workdir, timeout)
+                result["retried"] = True
             result["round"] = rnd
             shutil.rmtree(workdir, ignore_errors=True)
             if "skip" in result:
@@ -194,10 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     tables = report.build(data)
     (args.out / "results.md").write_text(tables.markdown)
     (args.out / "results.inc").write_text(tables.rst)
+    wrote = ["results.md", "results.inc", "results.json"]
     if not args.no_chart:
-        report.chart(data, args.out / "results.png")
-    log(f"wrote {args.out}/results.md, results.inc, results.json"
-        + ("" if args.no_chart else ", results.png"))
+        try:
+            report.chart(data, args.out / "results.png")
+            wrote.append("results.png")
+        except ImportError:
+            log("matplotlib is not installed: no chart (pip install -r requirements/bench.txt)")
+    log(f"wrote {', '.join(wrote)} to {args.out}")
     errors = [
         (s["key"], label, r["error"])
         for s in data["scenarios"]

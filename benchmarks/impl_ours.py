@@ -14,8 +14,6 @@ import typing as t
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
-
 from . import pg
 from . import procs
 from .common import TABLE
@@ -313,15 +311,21 @@ def idle_cpu(
 def measure_idle_cpu(pid: int, seconds: float) -> float:
     """% of one core that process ``pid`` (all its threads) used over ``seconds``,
     after one second to settle into its idle rhythm."""
-    proc = psutil.Process(pid)
-    time.sleep(1.0)
-    before = proc.cpu_times()
+    time.sleep(min(1.0, seconds))
+    before = cpu_seconds(pid)
     start = time.monotonic()
     time.sleep(seconds)
-    after = proc.cpu_times()
-    elapsed = time.monotonic() - start
-    used = (after.user - before.user) + (after.system - before.system)
-    return 100.0 * used / elapsed
+    used = cpu_seconds(pid) - before
+    return 100.0 * used / (time.monotonic() - start)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of every thread of ``pid`` so far (``/proc``, as
+    psutil reads it)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # Fields 14 and 15 of proc(5) (utime, stime); the split dropped the first two.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- case 5: scale ----------------------------------------------------------------
