@@ -11,6 +11,7 @@ and LISTEN/NOTIFY pickup by an idle worker with a long poll interval.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import signal
 import subprocess
@@ -205,6 +206,57 @@ def test_concurrent_claims_never_take_one_row_twice(pg_env: t.Any) -> None:
         sa.text("SELECT count(DISTINCT lease_owner) FROM plainqueue_tasks")
     ).scalar()
     assert owners == sum(1 for got in results.values() if got)
+
+
+def test_claim_failures_are_logged_once_and_so_is_the_recovery(
+    postgresql_uri: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A database that is away for a while (a restart, a failover) makes every
+    claim fail: one traceback, not one per poll, then one line when it is back."""
+    app, db, queue = create_test_app(
+        postgresql_uri, tmp_path, PLAINQUEUE_POLL_INTERVAL=0.05
+    )
+    ran = threading.Event()
+
+    @queue.task(name="t")
+    def task(data: t.Any) -> None:
+        ran.set()
+
+    with app.app_context():
+        db.create_all()
+        queue.perform(task, None)
+    storage = _storage(app, queue)
+    real_claim = storage.claim
+    failures: list[int] = []
+
+    def claim(**kwargs: t.Any) -> t.Any:
+        if len(failures) < 30:
+            failures.append(1)
+            raise sa.exc.OperationalError("claim", {}, Exception("server restarting"))
+        return real_claim(**kwargs)
+
+    monkeypatch.setattr(storage, "claim", claim)
+    caplog.set_level(logging.DEBUG, logger="flask_plainqueue.worker")
+    worker = queue.worker(app)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        assert ran.wait(LONG)
+    finally:
+        worker.stop(grace=5)
+        thread.join(LONG)
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+    assert len(failures) == 30
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(loud) == 2, [r.getMessage() for r in loud]
+    assert loud[0].getMessage().endswith("claiming failed; will retry")
+    assert loud[0].exc_info is not None
+    assert "claiming works again after" in loud[1].getMessage()
 
 
 # -- worker processes -----------------------------------------------------------
@@ -435,6 +487,9 @@ def test_workers_survive_a_server_restart(procs: Procs, pg_app: PgApp) -> None:
         # Logged once each way, not once per reconnection attempt.
         assert err.count("lost the LISTEN connection") == 1, proc.output()
         assert err.count("LISTEN is back") == 1, proc.output()
+        failed = err.count("claiming failed; will retry")
+        assert failed <= 1, proc.output()
+        assert err.count("claiming works again") == failed, proc.output()
     _stop(workers)
 
 
