@@ -182,7 +182,7 @@ class PlainQueue(TaskDecorators):
                 " 'db.init_app(app)' before 'queue.init_app(app)'."
             )
         self.db = db
-        return db
+        return t.cast("SQLAlchemy", db)
 
     def _state(self, app: Flask | None = None) -> _AppState:
         if app is None:
@@ -194,7 +194,7 @@ class PlainQueue(TaskDecorators):
                     " 'with app.app_context():', or pass the app explicitly."
                 ) from None
         try:
-            return self._apps[app]  # type: ignore[index]
+            return self._apps[app]
         except KeyError:
             raise RuntimeError(
                 "The current Flask app is not registered with this 'PlainQueue'"

@@ -243,6 +243,16 @@ class Storage:
             .returning(c.id, c.name, c.data, c.attempts, c.failed_nr, c.priority)
         )
 
+    def _upsert(self, table: sa.Table) -> t.Any:
+        """The dialect's ``INSERT`` that has ``on_conflict_do_nothing``."""
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+
     # -- transactions -------------------------------------------------------
 
     @contextlib.contextmanager
@@ -308,11 +318,8 @@ class Storage:
         where = sa.and_(c.unique_key.is_not(None), c.status == STATUS_QUEUED)
         if self.dialect == "postgresql":
             _check_jsonb(row)
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
         stmt = (
-            dialect_insert(self.table)
+            self._upsert(self.table)
             .values(**row)
             .on_conflict_do_nothing(
                 index_elements=[c.name, c.unique_key], index_where=where
@@ -360,7 +367,7 @@ class Storage:
         if outcomes:
             # Only once committed: a failed commit leaves them to be written again.
             outcomes.clear()
-        claimed = [ClaimedTask(*row) for row in rows]
+        claimed = [ClaimedTask(*t.cast("tuple[t.Any, ...]", row)) for row in rows]
         # RETURNING gives no order; run the batch in claim order.
         claimed.sort(key=lambda task: (-task.priority, task.id))
         return claimed
@@ -385,9 +392,10 @@ class Storage:
         else:
             params["names"] = list(names)
             head = self._head if queues is None else self._head_q
-            name = conn.execute(head, params).scalar()
-            if name is None:
+            head_name = conn.execute(head, params).scalar()
+            if head_name is None:
                 return []
+            name = head_name
         params.update(owner=owner, until=until, p_name=name, limit=batch_sizes[name])
         stmt = self._claim if queues is None else self._claim_q
         return conn.execute(stmt, params).all()
@@ -459,7 +467,7 @@ class Storage:
             result = conn.execute(
                 self._extend, {"owner": owner, "ids": list(ids), "until": until}
             )
-            return t.cast(int, result.rowcount)
+            return result.rowcount
 
     def release(self, owner: str, ids: Sequence[int], now: datetime.datetime) -> int:
         """Hand back tasks this worker will not finish: due at once, for anyone."""
@@ -472,7 +480,7 @@ class Storage:
             if self.notifies and result.rowcount:
                 # Idle workers elsewhere take them at once (delivered at commit).
                 conn.execute(sa.select(sa.func.pg_notify(self.channel, "")))
-            return t.cast(int, result.rowcount)
+            return result.rowcount
 
     def unknown_names(
         self, known: Sequence[str], now: datetime.datetime, limit: int = 50
@@ -514,13 +522,9 @@ class Storage:
         assert self.periodic is not None, "Storage was built without a periodic table"
         p = self.periodic.c
         with self.write() as conn:
-            if self.dialect == "postgresql":
-                from sqlalchemy.dialects.postgresql import insert as dialect_insert
-            else:
-                from sqlalchemy.dialects.sqlite import insert as dialect_insert
             # RETURNING, not rowcount: psycopg reports -1 for this statement.
             created = conn.execute(
-                dialect_insert(self.periodic)
+                self._upsert(self.periodic)
                 .values(name=name, last_tick=tick)
                 .on_conflict_do_nothing(index_elements=[p.name])
                 .returning(p.name)
@@ -559,7 +563,7 @@ class Storage:
         total = 0
         for _ in range(max_batches):
             with self.write() as conn:
-                deleted = t.cast(int, conn.execute(stmt).rowcount)
+                deleted = conn.execute(stmt).rowcount
             total += deleted
             if deleted < batch:
                 break

@@ -448,7 +448,7 @@ class TaskDecorators:
                     " lives on the event loop, outside the atomic transaction."
                 )
             definition = TaskDefinition(
-                self,
+                t.cast("PlainQueue", self),
                 f,
                 name=name or default_name(f),
                 options=task_options,
