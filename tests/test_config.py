@@ -4,8 +4,8 @@ import typing as t
 from pathlib import Path
 
 import pytest
-
 from conftest import create_test_app
+
 from flask_plainqueue import ConfigurationError
 from flask_plainqueue.config import DEFAULTS
 

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from conftest import create_test_app
+from conftest import Env
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
-from conftest import Env
-from conftest import create_test_app
 from flask_plainqueue import PlainQueue
 
 

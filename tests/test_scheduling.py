@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from conftest import create_test_app
+from conftest import Env
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
-from conftest import Env
-from conftest import create_test_app
 from flask_plainqueue import ConfigurationError
 from flask_plainqueue.schedules import Schedule
 
@@ -68,7 +68,9 @@ def test_every_is_aligned_to_the_epoch() -> None:
         ({"cron": "* * * * *", "tz": "Mars/Olympus"}, "tz"),
     ],
 )
-def test_bad_schedules_are_errors_at_decoration(kwargs: dict[str, t.Any], match: str) -> None:
+def test_bad_schedules_are_errors_at_decoration(
+    kwargs: dict[str, t.Any], match: str
+) -> None:
     from flask_plainqueue import PlainQueue
 
     with pytest.raises(ConfigurationError, match=match):
@@ -208,16 +210,24 @@ def test_unique_key_race_between_processes(sqlite_uri: str, tmp_path: Path) -> N
         "        queue.perform(unique_job, i, unique_key=f'k{i % 20}')\n"
     )
     # Create the tables once, before the race.
-    subprocess.run([sys.executable, "-c", "from schedapp import create_app; create_app()"],
-                   env=env, check=True, timeout=120)
-    procs = [subprocess.Popen([sys.executable, "-c", script], env=env) for _ in range(2)]
+    subprocess.run(
+        [sys.executable, "-c", "from schedapp import create_app; create_app()"],
+        env=env,
+        check=True,
+        timeout=120,
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], env=env) for _ in range(2)
+    ]
     for p in procs:
         assert p.wait(timeout=300) == 0
     engine = sa.create_engine(sqlite_uri)
     with engine.connect() as conn:
-        keys = conn.execute(
-            sa.text("SELECT unique_key FROM plainqueue_tasks ORDER BY id")
-        ).scalars().all()
+        keys = (
+            conn.execute(sa.text("SELECT unique_key FROM plainqueue_tasks ORDER BY id"))
+            .scalars()
+            .all()
+        )
     engine.dispose()
     assert sorted(keys) == sorted(f"k{i}" for i in range(20))
 
@@ -343,7 +353,10 @@ def test_atomic_task_that_fails_leaves_no_writes(env: Env, ledger: t.Any) -> Non
     env.queue.perform(cb)
     assert env.queue.drain() == 2
     assert env.db.session.scalars(sa.select(ledger)).all() == []
-    assert [(r.name, r.status) for r in _rows(env)] == [("half", "dead"), ("cb", "dead")]
+    assert [(r.name, r.status) for r in _rows(env)] == [
+        ("half", "dead"),
+        ("cb", "dead"),
+    ]
 
 
 def test_atomic_async_task_is_refused() -> None:
@@ -371,7 +384,9 @@ def test_prune_deletes_old_dead_tasks_only(env: Env) -> None:
     table = env.queue.Task.__table__
     old = datetime.datetime.now(UTC) - datetime.timedelta(days=31)
     env.db.session.execute(
-        sa.update(table).where(table.c.data.in_(["0", "1", "2"])).values(failed_last=old)
+        sa.update(table)
+        .where(table.c.data.in_(["0", "1", "2"]))
+        .values(failed_last=old)
     )
     env.db.session.commit()
     assert env.queue.prune() == 3
@@ -394,7 +409,11 @@ def test_keep_failed_none_keeps_forever(sqlite_uri: str, tmp_path: Path) -> None
 
 
 def _proc_env(uri: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASK_", "PLAINQUEUE_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("FLASK_", "PLAINQUEUE_"))
+    }
     env.update(
         PYTHONPATH=os.pathsep.join([str(APPS), env.get("PYTHONPATH", "")]),
         SCHEDAPP_DATABASE_URI=uri,
@@ -443,16 +462,24 @@ def test_periodic_runs_once_per_tick_across_three_processes(
     sqlite_uri: str, tmp_path: Path
 ) -> None:
     env = _proc_env(sqlite_uri, PLAINQUEUE_POLL_INTERVAL="0.2")
-    subprocess.run([sys.executable, "-c", "from schedapp import create_app; create_app()"],
-                   env=env, check=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-c", "from schedapp import create_app; create_app()"],
+        env=env,
+        check=True,
+        timeout=120,
+    )
     engine = sa.create_engine(sqlite_uri)
     procs = [_work(env) for _ in range(3)]
     try:
         # Wait until the schedule is registered, then count 6 seconds.
         def registered() -> bool:
             with engine.connect() as conn:
-                return bool(conn.execute(
-                    sa.text("SELECT count(*) FROM plainqueue_tasks_periodic")).scalar())
+                return bool(
+                    conn.execute(
+                        sa.text("SELECT count(*) FROM plainqueue_tasks_periodic")
+                    ).scalar()
+                )
+
         assert _wait_for(registered)
         start = time.time()
         time.sleep(6)  # the schedule itself is the subject: 6 s of real ticks
@@ -464,7 +491,7 @@ def test_periodic_runs_once_per_tick_across_three_processes(
     engine.dispose()
     within = [a for a in ats if start <= a <= end]
     assert 5 <= len(within) <= 7, (ats, start, end)
-    gaps = [b - a for a, b in zip(ats, ats[1:])]
+    gaps = [b - a for a, b in zip(ats, ats[1:], strict=False)]
     # Two runs for one tick would be milliseconds apart.
     assert min(gaps) > 0.5, gaps
     for err in errs:
@@ -479,12 +506,17 @@ def test_atomic_task_killed_mid_way_leaves_nothing_and_runs_again(
     started = tmp_path / "started"
     marker = tmp_path / "never"
     subprocess.run(
-        [sys.executable, "-c",
-         "from schedapp import create_app, queue, move_credit\n"
-         "app = create_app()\n"
-         "with app.app_context():\n"
-         f"    queue.perform(move_credit, {{'started': {str(started)!r}, 'wait_for': {str(marker)!r}}})\n"],
-        env=env, check=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            "from schedapp import create_app, queue, move_credit\n"
+            "app = create_app()\n"
+            "with app.app_context():\n"
+            f"    queue.perform(move_credit, {{'started': {str(started)!r}, 'wait_for': {str(marker)!r}}})\n",
+        ],
+        env=env,
+        check=True,
+        timeout=120,
     )
     first = _work(env)
     try:
@@ -503,11 +535,21 @@ def test_atomic_task_killed_mid_way_leaves_nothing_and_runs_again(
         # the dead worker's lease to expire first.
         def done() -> bool:
             with engine.connect() as conn:
-                return conn.execute(sa.text("SELECT count(*) FROM plainqueue_tasks")).scalar() == 0
+                return (
+                    conn.execute(
+                        sa.text("SELECT count(*) FROM plainqueue_tasks")
+                    ).scalar()
+                    == 0
+                )
+
         assert _wait_for(done, 120)
     finally:
         _stop([second])
     with engine.connect() as conn:
-        steps = conn.execute(sa.text("SELECT step FROM credits ORDER BY id")).scalars().all()
+        steps = (
+            conn.execute(sa.text("SELECT step FROM credits ORDER BY id"))
+            .scalars()
+            .all()
+        )
     engine.dispose()
     assert steps == ["debit", "credit"]

@@ -9,10 +9,10 @@ import typing as t
 
 import pytest
 import sqlalchemy as sa
+from conftest import Env
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
-from conftest import Env
 from flask_plainqueue.storage import Outcomes
 
 UTC = datetime.timezone.utc
@@ -74,7 +74,9 @@ def test_commit_false_joins_the_callers_transaction(env: Env, noop: t.Any) -> No
 
 
 @pytest.mark.usefixtures("app_ctx")
-@pytest.mark.parametrize("bad", [object(), {"when": datetime.datetime.now()}, float("nan")])
+@pytest.mark.parametrize(
+    "bad", [object(), {"when": datetime.datetime.now()}, float("nan")]
+)
 def test_non_json_data_is_a_type_error_and_writes_nothing(
     env: Env, noop: t.Any, bad: t.Any
 ) -> None:
@@ -174,7 +176,9 @@ def test_delayed_tasks_are_not_due_yet(env: Env, noop: t.Any) -> None:
     now = datetime.datetime.now(UTC)
     assert _claim(env, "w", now) == []
     assert _claim(env, "w", now + datetime.timedelta(seconds=59)) == []
-    assert [c.id for c in _claim(env, "w", now + datetime.timedelta(seconds=61))] == [first]
+    assert [c.id for c in _claim(env, "w", now + datetime.timedelta(seconds=61))] == [
+        first
+    ]
     # By then the first one's lease (30 s) has run out as well.
     later = now + datetime.timedelta(seconds=121)
     assert sorted(c.id for c in _claim(env, "w2", later)) == [first, second]
@@ -217,3 +221,70 @@ def test_concurrent_claims_never_share_a_row(env: Env, noop: t.Any) -> None:
         thread.join(120)
     assert errors == []
     assert len(seen) == 300 == len(set(seen))
+
+
+def test_claim_and_prune_use_indexes_not_scans(
+    sqlite_uri: str, tmp_path: t.Any
+) -> None:
+    """The claim's cost must not grow with the number of waiting or dead tasks:
+    SQLite's plan for each statement is an index search in claim order, never a
+    table scan or a sort."""
+    from conftest import create_test_app
+    from sqlalchemy import event
+
+    app, db, queue = create_test_app(sqlite_uri, tmp_path / "i")
+
+    @queue.task(name="a")
+    def a(data: t.Any) -> None:
+        pass
+
+    @queue.task(name="b")
+    def b(data: t.Any) -> None:
+        pass
+
+    with app.app_context():
+        db.create_all()
+        queue.perform_many(a, list(range(50)))
+        queue.perform_many(b, list(range(50)))
+        storage = queue._state(app).storage
+        captured: list[tuple[str, t.Any]] = []
+
+        def grab(
+            conn: t.Any,
+            cursor: t.Any,
+            statement: str,
+            parameters: t.Any,
+            context: t.Any,
+            executemany: bool,
+        ) -> None:
+            if "plainqueue_tasks" in statement and not statement.startswith("EXPLAIN"):
+                captured.append((statement, parameters))
+
+        event.listen(storage.engine, "before_cursor_execute", grab)
+        try:
+            now = datetime.datetime.now(UTC)
+            storage.claim(
+                owner="w",
+                names=["a", "b"],
+                batch_sizes={"a": 5, "b": 5},
+                now=now,
+                until=now,
+            )
+            storage.prune(now)
+        finally:
+            event.remove(storage.engine, "before_cursor_execute", grab)
+        assert len(captured) == 3  # head, claim, prune
+        with storage.engine.connect() as conn:
+            for statement, params in captured:
+                plan = [
+                    row[-1]
+                    for row in conn.exec_driver_sql(
+                        "EXPLAIN QUERY PLAN " + statement, params
+                    )
+                ]
+                assert not any(p.startswith("SCAN plainqueue_tasks") for p in plan), (
+                    plan
+                )
+                assert not any("TEMP B-TREE" in p for p in plan), plan
+                assert any("USING" in p and "INDEX" in p for p in plan), plan
+        db.drop_all()

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import Env
+
 from flask_plainqueue import ConfigurationError
 from flask_plainqueue import DuplicateTaskName
 from flask_plainqueue import PlainQueue
@@ -17,7 +17,10 @@ def test_bare_decorator_and_default_name() -> None:
         return "done"
 
     assert isinstance(cleanup, TaskDefinition)
-    assert cleanup.name == f"{__name__}.test_bare_decorator_and_default_name.<locals>.cleanup"
+    assert (
+        cleanup.name
+        == f"{__name__}.test_bare_decorator_and_default_name.<locals>.cleanup"
+    )
     assert cleanup(None) == "done"  # a direct call runs the function
     assert cleanup.options.batch_size == 1
     assert cleanup.options.max_retries == 5
@@ -30,8 +33,14 @@ def test_options_and_explicit_name() -> None:
     def ok(data: object) -> None: ...
     def bad(data: object, error: BaseException) -> None: ...
 
-    @queue.task(name="emails.opt_in", batch_size=5, success=ok, failure=bad,
-                max_retries=2, retry_interval=0.5)
+    @queue.task(
+        name="emails.opt_in",
+        batch_size=5,
+        success=ok,
+        failure=bad,
+        max_retries=2,
+        retry_interval=0.5,
+    )
     def double_opt_in(data: dict[str, str]) -> None: ...
 
     assert double_opt_in.name == "emails.opt_in"

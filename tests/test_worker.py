@@ -11,12 +11,12 @@ import typing as t
 
 import pytest
 import sqlalchemy as sa
+from conftest import create_test_app
+from conftest import Env
 from flask import current_app
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
-from conftest import Env
-from conftest import create_test_app
 from flask_plainqueue import Retry
 from flask_plainqueue import signals
 
@@ -202,6 +202,7 @@ def test_success_callback_commits_with_the_row_removal(
 ) -> None:
     def mark_sent(data: dict[str, int]) -> None:
         contact = env.db.session.get(contact_model, data["id"])
+        assert contact is not None
         contact.confirmed = True
 
     @env.queue.task(success=mark_sent)
@@ -213,7 +214,8 @@ def test_success_callback_commits_with_the_row_removal(
     env.queue.perform(double_opt_in, {"id": 1})
     assert env.queue.drain() == 1
     env.db.session.expire_all()
-    assert env.db.session.get(contact_model, 1).confirmed is True
+    contact = env.db.session.get(contact_model, 1)
+    assert contact is not None and contact.confirmed is True
     assert _rows(env) == []
 
 
@@ -371,7 +373,10 @@ def test_a_long_task_extends_its_lease(database_uri: str, tmp_path: t.Any) -> No
             thread.join(60)
         assert result == [1]
         with db.engine.connect() as conn:
-            assert conn.execute(sa.select(sa.func.count()).select_from(table)).scalar() == 0
+            assert (
+                conn.execute(sa.select(sa.func.count()).select_from(table)).scalar()
+                == 0
+            )
         db.drop_all()
 
 
@@ -385,7 +390,9 @@ def test_logging_one_line_per_start_and_finish(
     task_id = env.queue.perform(logged)
     with caplog.at_level(logging.INFO, "flask_plainqueue"):
         env.queue.drain()
-    lines = [r.getMessage() for r in caplog.records if r.name == "flask_plainqueue.worker"]
+    lines = [
+        r.getMessage() for r in caplog.records if r.name == "flask_plainqueue.worker"
+    ]
     assert f"Task {task_id} (logged) started" in lines
     assert any(
         line.startswith(f"Task {task_id} (logged) succeeded in") for line in lines
@@ -410,7 +417,13 @@ def test_signals_from_the_worker(env: Env) -> None:
 
     receivers = {
         name: receiver(name)
-        for name in ["task_enqueued", "task_started", "task_succeeded", "task_failed", "task_dead"]
+        for name in [
+            "task_enqueued",
+            "task_started",
+            "task_succeeded",
+            "task_failed",
+            "task_dead",
+        ]
     }
     for name, fn in receivers.items():
         getattr(signals, name).connect(fn, env.app)
@@ -423,8 +436,13 @@ def test_signals_from_the_worker(env: Env) -> None:
         for name, fn in receivers.items():
             getattr(signals, name).disconnect(fn, env.app)
     assert [e for e, _ in events] == [
-        "task_enqueued", "task_started", "task_succeeded",
-        "task_enqueued", "task_started", "task_failed", "task_dead",
+        "task_enqueued",
+        "task_started",
+        "task_succeeded",
+        "task_enqueued",
+        "task_started",
+        "task_failed",
+        "task_dead",
     ]
 
 
@@ -452,7 +470,9 @@ class TestEager:
         assert seen == ["now", "success"]
         assert _rows(eager) == []
 
-    def test_commit_false_runs_after_commit_not_after_rollback(self, eager: Env) -> None:
+    def test_commit_false_runs_after_commit_not_after_rollback(
+        self, eager: Env
+    ) -> None:
         seen: list[str] = []
 
         @eager.queue.task

@@ -36,6 +36,8 @@ def heartbeat() -> None:
 @queue.periodic(cron="0 3 * * *", tz="Europe/Berlin", catch_up=False, name="nightly")
 def nightly_report() -> None:
     """03:00 Berlin time; skipped (not caught up) if no worker ran then."""
+
+
 # [/periodic]
 
 
@@ -52,6 +54,8 @@ def nightly_report() -> None:
 )
 def send(data: dict[str, str]) -> None:
     """Send an email (a stand-in here)."""
+
+
 # [/options]
 
 
@@ -60,6 +64,8 @@ def send(data: dict[str, str]) -> None:
 def poll_payment(data: dict[str, t.Any]) -> None:
     if data.get("status") != "settled":
         raise Retry(delay=60)  # not a failure: try again in a minute
+
+
 # [/retry]
 
 
@@ -73,6 +79,8 @@ def move_credit(data: dict[str, int]) -> None:
     target.balance += data["amount"]
     # No commit: the worker commits these writes together with the removal of
     # the task's row, or rolls all of it back.
+
+
 # [/atomic]
 
 
