@@ -283,7 +283,7 @@ class Worker:
                     continue
                 if burst:
                     break
-                self._idle_wait(wake, probe, min(idle, until_tick))
+                self._idle_wait(wake, probe, min(idle, until_tick), until_tick)
                 idle = min(idle * 2, self._poll_interval())
         finally:
             try:
@@ -359,14 +359,19 @@ class Worker:
         self.wake()
 
     def _idle_wait(
-        self, wake: threading.Event, probe: _ChangeProbe | None, timeout: float
+        self,
+        wake: threading.Event,
+        probe: _ChangeProbe | None,
+        timeout: float,
+        until_tick: float = math.inf,
     ) -> None:
         if probe is None:
             listener = self._listener
             if listener is not None and listener.listening:
                 # PostgreSQL: NOTIFY wakes this loop at once; the poll is only for
-                # delayed tasks, retries and expired leases, which send none.
-                timeout = self._poll_interval()
+                # delayed tasks, retries and expired leases, which send none (and
+                # periodic ticks, which come when they are due).
+                timeout = min(self._poll_interval(), until_tick)
             wake.wait(timeout)
         else:
             # SQLite: wait the whole poll interval (or until a periodic tick), but

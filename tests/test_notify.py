@@ -3,6 +3,7 @@ reconnection (logged once each way), and an idle worker woken by another app."""
 
 from __future__ import annotations
 
+import datetime
 import logging
 import queue as queue_module
 import threading
@@ -300,3 +301,28 @@ def test_health_checks_keep_the_connection_and_lose_nothing(
         assert listener.connects == 1
     finally:
         listener.stop()
+
+
+def test_periodic_ticks_are_on_time_while_listening(sides: list[Side]) -> None:
+    """Listening, an idle worker sleeps its whole poll interval (30 s here), but
+    not past a periodic task's next tick."""
+    side = sides[0]
+    runs: queue_module.Queue[float] = queue_module.Queue()
+
+    @side.queue.periodic(every=datetime.timedelta(seconds=1), name="tick")
+    def tick() -> None:
+        runs.put(time.monotonic())
+
+    with side.app.app_context():
+        side.db.create_all()
+    worker = side.queue.worker(side.app)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        times = [runs.get(timeout=TIMEOUT) for _ in range(4)]
+        assert worker._listener is not None and worker._listener.listening
+    finally:
+        worker.stop(grace=5)
+        thread.join(TIMEOUT)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert max(gaps) < 10.0, gaps
