@@ -4,7 +4,6 @@ timeout, turned into an outcome for the worker to record."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import datetime
 import json
 import logging
@@ -85,7 +84,9 @@ class TaskRunner:
         """Stop the event loop of async tasks."""
         loop, self._loop = self._loop, None
         if loop is not None:
-            loop.call_soon_threadsafe(loop.stop)
+            # Cancel what still runs (past the grace period) and let it unwind
+            # before the loop stops, instead of destroying pending tasks.
+            asyncio.run_coroutine_threadsafe(_cancel_all_and_stop(), loop)
 
     def time_out(
         self, definition: TaskDefinition[t.Any, t.Any], tasks: Sequence[ClaimedTask]
@@ -200,30 +201,30 @@ class TaskRunner:
             definition.func(*args)
             return
         loop = self._get_loop()
-        coro = self._in_context(definition.func, args)
+        coro = self._in_context(definition, args)
         try:
             future = asyncio.run_coroutine_threadsafe(coro, loop)
         except BaseException:
             coro.close()  # never scheduled (the loop is closing): no warning
             raise
-        timeout = definition.options.timeout
-        try:
-            future.result(timeout=timeout)
-        except concurrent.futures.TimeoutError:
-            if future.done():
-                raise
-            future.cancel()
-            raise TimeoutError(
-                f"task {definition.name!r} ran past its timeout of {timeout}s and was"
-                " cancelled"
-            ) from None
+        future.result()
 
     async def _in_context(
-        self, func: Callable[..., t.Any], args: tuple[t.Any, ...]
+        self, definition: TaskDefinition[t.Any, t.Any], args: tuple[t.Any, ...]
     ) -> t.Any:
         # The coroutine runs on the loop thread, so it needs its own app context.
         with self.app.app_context():
-            return await func(*args)
+            timeout = definition.options.timeout
+            if timeout is None:
+                return await definition.func(*args)
+            # wait_for cancels the coroutine and waits for it to unwind, on the loop.
+            try:
+                return await asyncio.wait_for(definition.func(*args), timeout)
+            except asyncio.TimeoutError:
+                raise TimeoutError(
+                    f"task {definition.name!r} ran past its timeout of {timeout}s and"
+                    " was cancelled"
+                ) from None
 
     def _discard_if_timed_out(self, task: ClaimedTask) -> bool:
         key = (task.id, task.attempts)
@@ -361,6 +362,15 @@ class TaskRunner:
             now + datetime.timedelta(seconds=delay),
             dead=dead,
         )
+
+
+async def _cancel_all_and_stop() -> None:
+    current = asyncio.current_task()
+    tasks = [task for task in asyncio.all_tasks() if task is not current]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    asyncio.get_running_loop().stop()
 
 
 def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
