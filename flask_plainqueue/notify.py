@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-import select
+import selectors
 import socket
 import threading
 import time
@@ -195,40 +195,48 @@ class Listener:
         conn.execute(f'LISTEN "{channel}"')
 
     def _listen(self) -> None:
-        from psycopg import pq
-
         conn = self._conn
         pgconn = conn.pgconn
         fileno = conn.fileno()
         last_traffic = time.monotonic()
-        while not self._stop.is_set():
-            ready, _, _ = select.select(
-                [fileno, self._wake_r], [], [], HEALTH_CHECK_INTERVAL
-            )
-            if self._stop.is_set():
-                return
-            if fileno not in ready:
-                if time.monotonic() - last_traffic >= HEALTH_CHECK_INTERVAL:
-                    # Raises if the connection died without the socket noticing.
-                    conn.execute("SELECT 1")
+        # Not select.select(): it fails for file descriptors past 1024, which a
+        # busy process (many pooled connections, gunicorn) reaches.
+        with selectors.DefaultSelector() as selector:
+            selector.register(fileno, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stop.is_set():
+                ready = {key.fd for key, _ in selector.select(HEALTH_CHECK_INTERVAL)}
+                if self._stop.is_set():
+                    return
+                if self._read(conn, pgconn, fileno in ready, last_traffic):
                     last_traffic = time.monotonic()
-                continue
-            last_traffic = time.monotonic()
-            pgconn.consume_input()  # raises OperationalError on a closed connection
-            payloads = []
-            while True:
-                notification = pgconn.notifies()
-                if notification is None:
-                    break
-                payloads.append(notification.extra.decode("utf-8", "replace"))
-            if not payloads:
-                if pgconn.status != pq.ConnStatus.OK:
-                    raise ConnectionError("the server closed the connection")
-                # A FATAL message, e.g. "terminating connection due to administrator
-                # command", comes before the close: read on to the end.
-                continue
-            for payload in dict.fromkeys(payloads):
-                self._call(payload)
+
+    def _read(self, conn: t.Any, pgconn: t.Any, readable: bool, last: float) -> bool:
+        """Deliver what arrived; return whether there was traffic."""
+        from psycopg import pq
+
+        if not readable:
+            if time.monotonic() - last >= HEALTH_CHECK_INTERVAL:
+                # Raises if the connection died without the socket noticing.
+                conn.execute("SELECT 1")
+                return True
+            return False
+        pgconn.consume_input()  # raises OperationalError on a closed connection
+        payloads = []
+        while True:
+            notification = pgconn.notifies()
+            if notification is None:
+                break
+            payloads.append(notification.extra.decode("utf-8", "replace"))
+        if not payloads:
+            if pgconn.status != pq.ConnStatus.OK:
+                raise ConnectionError("the server closed the connection")
+            # A FATAL message, e.g. "terminating connection due to administrator
+            # command", comes before the close: read on to the end.
+            return True
+        for payload in dict.fromkeys(payloads):
+            self._call(payload)
+        return True
 
     def _call(self, payload: str | None) -> None:
         try:
