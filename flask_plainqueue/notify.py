@@ -191,8 +191,7 @@ class Listener:
         # Notifications that arrive while psycopg itself reads (during LISTEN and
         # the health check) go to its handlers, not to the loop in _listen.
         conn.add_notify_handler(lambda n: self._call(n.payload))
-        channel = self.storage.channel.replace('"', '""')
-        conn.execute(f'LISTEN "{channel}"')
+        conn.execute(self._listen_sql())
 
     def _listen(self) -> None:
         conn = self._conn
@@ -217,8 +216,10 @@ class Listener:
 
         if not readable:
             if time.monotonic() - last >= HEALTH_CHECK_INTERVAL:
-                # Raises if the connection died without the socket noticing.
-                conn.execute("SELECT 1")
+                # Raises if the connection died without the socket noticing. LISTEN
+                # again rather than SELECT 1: harmless, and pg_stat_activity keeps
+                # showing what this connection is for.
+                conn.execute(self._listen_sql())
                 return True
             return False
         pgconn.consume_input()  # raises OperationalError on a closed connection
@@ -237,6 +238,10 @@ class Listener:
         for payload in dict.fromkeys(payloads):
             self._call(payload)
         return True
+
+    def _listen_sql(self) -> str:
+        channel = self.storage.channel.replace('"', '""')
+        return f'LISTEN "{channel}"'
 
     def _call(self, payload: str | None) -> None:
         try:
