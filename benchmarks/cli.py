@@ -49,8 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="tasks the memory case runs (default 1000000)")
     parser.add_argument("--scale-waiting", type=int, default=1_000_000,
                         help="waiting (and as many dead) tasks in the big scale table")
-    parser.add_argument("--scale-take", type=int, default=1_000,
-                        help="tasks processed in each scale measurement (default 1000)")
+    parser.add_argument("--scale-take", type=int, default=5_000,
+                        help="tasks processed in each scale measurement; the small table"
+                        " holds just these (default 5000)")
     parser.add_argument("--samples", type=int, default=40,
                         help="pickup-latency samples per measurement (default 40)")
     parser.add_argument("--idle-seconds", type=float, default=10.0,
@@ -138,6 +139,7 @@ def run_scenario(
     scenario: Scenario, settings: Settings, work: Path, timeout: float, log: t.Callable[[str], None]
 ) -> dict[str, t.Any]:
     log(f"== {scenario.key}: {scenario.title}")
+    began = time.monotonic()
     runs: dict[str, list[dict[str, t.Any]]] = {c.label: [] for c in scenario.contenders}
     skipped: dict[str, str] = {}
     for rnd in range(settings.rounds):
@@ -169,7 +171,10 @@ def run_scenario(
                 f"{m}={result[m]:.4g}" for m in scenario.metrics if m in result
             ) or result.get("error", "")
             log(f"   round {rnd + 1}: {contender.label}: {shown}")
+    elapsed = time.monotonic() - began
+    log(f"   ({elapsed:.0f} s)")
     return {
+        "elapsed_s": round(elapsed, 1),
         "key": scenario.key,
         "case": scenario.case,
         "title": scenario.title,

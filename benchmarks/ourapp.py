@@ -4,8 +4,8 @@ Configured by environment variables, so every measuring process builds the same 
 
 ``BENCH_DB_URI``      the database
 ``BENCH_TASK``        which task body is registered as ``bench_task``: ``noop``,
-                      ``count`` (stops the worker after ``BENCH_STOP_AFTER`` tasks and
-                      samples RSS), ``latency`` (reports its start over UDP to
+                      ``count`` (stops the worker after ``BENCH_STOP_AFTER`` tasks, notes
+                      when ``BENCH_WARM`` tasks ran, samples RSS), ``latency`` (reports its start over UDP to
                       ``BENCH_UDP_PORT``) or ``account`` (reads and writes one row of
                       the app's own ``account`` table through ``db.session``)
 ``BENCH_BATCH``       the task's ``batch_size``
@@ -53,6 +53,8 @@ _stop_after = 0
 _rss_every = 0
 _rss_samples: list[tuple[int, float]] = []
 _stopped_at: list[float] = []
+_warm = 0
+_warm_at: list[float] = []
 _udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 _udp_port = 0
 
@@ -66,6 +68,8 @@ def _count_task(data: t.Any) -> None:
     with _lock:
         _count += 1
         n = _count
+    if _warm and n == _warm:
+        _warm_at.append(time.time())
     if _rss_every and n % _rss_every == 0:
         _rss_samples.append((n, rss_mib()))
     if _stop_after and n == _stop_after:
@@ -96,8 +100,9 @@ _BODIES: dict[str, t.Callable[[t.Any], None]] = {
 
 
 def create_app() -> Flask:
-    global _stop_after, _rss_every, _udp_port
+    global _stop_after, _rss_every, _udp_port, _warm
     _stop_after = int(os.environ.get("BENCH_STOP_AFTER", "0"))
+    _warm = int(os.environ.get("BENCH_WARM", "0"))
     _rss_every = int(os.environ.get("BENCH_RSS_EVERY", "0"))
     _udp_port = int(os.environ.get("BENCH_UDP_PORT", "0"))
     app = Flask(__name__)
@@ -127,6 +132,7 @@ def create_app() -> Flask:
                 start=started[0],
                 end=end,
                 stopped_at=_stopped_at[0] if _stopped_at else None,
+                warm_at=_warm_at[0] if _warm_at else None,
                 count=_count,
                 rss_start=started[1],
                 rss_end=rss_mib(),
