@@ -19,6 +19,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _benchmarks_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    # benchmarks/ is not installed (`pip install -e .` maps flask_plainqueue
+    # only), so import it from the checkout, as the suite's subprocesses do.
+    monkeypatch.syspath_prepend(str(ROOT))
+
+
 def run_suite(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
