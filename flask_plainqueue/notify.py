@@ -66,6 +66,7 @@ class Listener:
         self._listening = threading.Event()
         # A self-pipe cuts the wait in select() short when stop() is called.
         self._wake_r, self._wake_w = os.pipe()
+        self._pipe_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._conn: t.Any = None
         #: How many times LISTEN was established (1 + reconnections).
@@ -91,10 +92,9 @@ class Listener:
         """Stop listening, close the connection and wait up to ``timeout`` seconds
         for the thread to end."""
         self._stop.set()
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:  # pragma: no cover - already closed
-            pass
+        with self._pipe_lock:
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"x")
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
@@ -258,12 +258,14 @@ class Listener:
                 logger.debug("closing the LISTEN connection failed", exc_info=True)
 
     def _close_pipe(self) -> None:
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._wake_r = self._wake_w = -1
+        # Both the thread and stop() may get here; the lock and the -1 make the
+        # second a no-op (and gevent's os.close refuses -1 with a ValueError).
+        with self._pipe_lock:
+            fds = (self._wake_r, self._wake_w)
+            self._wake_r = self._wake_w = -1
+            for fd in fds:
+                if fd >= 0:
+                    os.close(fd)
 
 
 class _Unsupported(Exception):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime
 import logging
 import queue as queue_module
+import subprocess
+import sys
 import threading
 import time
 import typing as t
@@ -15,6 +17,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from conftest import create_test_app
+from helpers import APPS
+from helpers import child_env
 
 from flask_plainqueue import notify
 from flask_plainqueue import PlainQueue
@@ -105,6 +109,7 @@ def test_perform_notifies_at_commit_only(sides: list[Side]) -> None:
         listener.stop()
     assert not listener.listening
     assert time.monotonic() - started < 5, "stop() must not wait for a poll"
+    listener.stop()  # a second stop does nothing
 
 
 def test_no_notify_when_disabled(postgresql_uri: str, tmp_path: Path) -> None:
@@ -326,3 +331,21 @@ def test_periodic_ticks_are_on_time_while_listening(sides: list[Side]) -> None:
         thread.join(TIMEOUT)
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert max(gaps) < 10.0, gaps
+
+
+def test_listener_under_gevent(postgresql_uri: str) -> None:
+    """Under gevent's monkey-patching (gunicorn's gevent workers) the listener is
+    a greenlet: it wakes the worker and stops cleanly."""
+    pytest.importorskip("gevent")
+    result = subprocess.run(
+        [sys.executable, str(APPS / "pggevent.py")],
+        env=child_env(PGAPP_DATABASE_URI=postgresql_uri),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 2,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "picked up 2" in result.stdout, output
+    assert "stopped" in result.stdout, output
+    assert "Traceback" not in output, output
