@@ -99,12 +99,13 @@ def scenarios(s: Settings) -> list[Scenario]:
         Scenario(
             "enqueue", "enqueue-one-pg", "PostgreSQL: `perform` one by one", ("rate",),
             (
-                Contender(ours, f"{OURS}:enqueue", {"n": n // 2, "mode": "one", **pg}, "ours"),
-                Contender("procrastinate `defer`", f"{PGQ}:procrastinate_enqueue", {"n": n // 2, "mode": "one", **pg}),
-                Contender("pgqueuer `enqueue`", f"{PGQ}:pgqueuer_enqueue", {"n": n // 2, "mode": "one", **pg}),
-                Contender("raw psycopg INSERT + COMMIT", f"{RAW}:insert", {"n": n // 2, "mode": "one", **pg}, "reference"),
+                Contender(ours, f"{OURS}:enqueue", {"n": n // 10, "mode": "one", **pg}, "ours"),
+                Contender("procrastinate `defer`", f"{PGQ}:procrastinate_enqueue", {"n": n // 10, "mode": "one", **pg}),
+                Contender("pgqueuer `enqueue`", f"{PGQ}:pgqueuer_enqueue", {"n": n // 10, "mode": "one", **pg}),
+                Contender("raw psycopg INSERT + COMMIT", f"{RAW}:insert", {"n": n // 10, "mode": "one", **pg}, "reference"),
             ),
             primary=ours,
+            note="N/10 tasks: every commit waits for PostgreSQL's WAL flush (synchronous_commit=on).",
         ),
         Scenario(
             "enqueue", "enqueue-many-pg", "PostgreSQL: `perform_many`", ("rate",),
