@@ -66,10 +66,16 @@ PGQ = "benchmarks.impl_pg"
 
 def _huey(label_suffix: str, func: str, **params: t.Any) -> list[Contender]:
     return [
-        Contender(f"Huey SqliteStorage, synchronous=FULL (its default){label_suffix}",
-                  f"{HUEY}:{func}", {"sync": "FULL", **params}),
-        Contender(f"Huey SqliteStorage, synchronous=NORMAL{label_suffix}",
-                  f"{HUEY}:{func}", {"sync": "NORMAL", **params}),
+        Contender(
+            f"Huey SqliteStorage, synchronous=FULL (its default){label_suffix}",
+            f"{HUEY}:{func}",
+            {"sync": "FULL", **params},
+        ),
+        Contender(
+            f"Huey SqliteStorage, synchronous=NORMAL{label_suffix}",
+            f"{HUEY}:{func}",
+            {"sync": "NORMAL", **params},
+        ),
     ]
 
 
@@ -79,158 +85,361 @@ def scenarios(s: Settings) -> list[Scenario]:
     ours = "flask-plainqueue"
     out = [
         Scenario(
-            "enqueue", "enqueue-one", "SQLite: `perform` one by one (one commit each)", ("rate",),
+            "enqueue",
+            "enqueue-one",
+            "SQLite: `perform` one by one (one commit each)",
+            ("rate",),
             (
-                Contender(ours, f"{OURS}:enqueue", {"n": n // 2, "mode": "one"}, "ours"),
+                Contender(
+                    ours, f"{OURS}:enqueue", {"n": n // 2, "mode": "one"}, "ours"
+                ),
                 *_huey("", "enqueue", n=n // 2),
-                Contender("raw sqlite3 INSERT + COMMIT", f"{RAW}:insert", {"n": n // 2, "mode": "one"}, "reference"),
+                Contender(
+                    "raw sqlite3 INSERT + COMMIT",
+                    f"{RAW}:insert",
+                    {"n": n // 2, "mode": "one"},
+                    "reference",
+                ),
             ),
             primary=ours,
         ),
         Scenario(
-            "enqueue", "enqueue-many", "SQLite: `perform_many` (one transaction)", ("rate",),
+            "enqueue",
+            "enqueue-many",
+            "SQLite: `perform_many` (one transaction)",
+            ("rate",),
             (
                 Contender(ours, f"{OURS}:enqueue", {"n": n, "mode": "many"}, "ours"),
-                Contender("raw sqlite3 executemany", f"{RAW}:insert", {"n": n, "mode": "many"}, "reference"),
+                Contender(
+                    "raw sqlite3 executemany",
+                    f"{RAW}:insert",
+                    {"n": n, "mode": "many"},
+                    "reference",
+                ),
             ),
             primary=ours,
             note="Huey has no bulk enqueue.",
         ),
         Scenario(
-            "enqueue", "enqueue-one-pg", "PostgreSQL: `perform` one by one", ("rate",),
+            "enqueue",
+            "enqueue-one-pg",
+            "PostgreSQL: `perform` one by one",
+            ("rate",),
             (
-                Contender(ours, f"{OURS}:enqueue", {"n": n // 10, "mode": "one", **pg}, "ours"),
-                Contender("procrastinate `defer`", f"{PGQ}:procrastinate_enqueue", {"n": n // 10, "mode": "one", **pg}),
-                Contender("pgqueuer `enqueue`", f"{PGQ}:pgqueuer_enqueue", {"n": n // 10, "mode": "one", **pg}),
-                Contender("raw psycopg INSERT + COMMIT", f"{RAW}:insert", {"n": n // 10, "mode": "one", **pg}, "reference"),
+                Contender(
+                    ours, f"{OURS}:enqueue", {"n": n // 10, "mode": "one", **pg}, "ours"
+                ),
+                Contender(
+                    "procrastinate `defer`",
+                    f"{PGQ}:procrastinate_enqueue",
+                    {"n": n // 10, "mode": "one", **pg},
+                ),
+                Contender(
+                    "pgqueuer `enqueue`",
+                    f"{PGQ}:pgqueuer_enqueue",
+                    {"n": n // 10, "mode": "one", **pg},
+                ),
+                Contender(
+                    "raw psycopg INSERT + COMMIT",
+                    f"{RAW}:insert",
+                    {"n": n // 10, "mode": "one", **pg},
+                    "reference",
+                ),
             ),
             primary=ours,
             note="N/10 tasks: every commit waits for PostgreSQL's WAL flush (synchronous_commit=on).",
         ),
         Scenario(
-            "enqueue", "enqueue-many-pg", "PostgreSQL: `perform_many`", ("rate",),
+            "enqueue",
+            "enqueue-many-pg",
+            "PostgreSQL: `perform_many`",
+            ("rate",),
             (
-                Contender(ours, f"{OURS}:enqueue", {"n": n, "mode": "many", **pg}, "ours"),
-                Contender("procrastinate `batch_defer`", f"{PGQ}:procrastinate_enqueue", {"n": n, "mode": "many", **pg}),
-                Contender("pgqueuer `enqueue` (lists)", f"{PGQ}:pgqueuer_enqueue", {"n": n, "mode": "many", **pg}),
-                Contender("raw psycopg executemany", f"{RAW}:insert", {"n": n, "mode": "many", **pg}, "reference"),
+                Contender(
+                    ours, f"{OURS}:enqueue", {"n": n, "mode": "many", **pg}, "ours"
+                ),
+                Contender(
+                    "procrastinate `batch_defer`",
+                    f"{PGQ}:procrastinate_enqueue",
+                    {"n": n, "mode": "many", **pg},
+                ),
+                Contender(
+                    "pgqueuer `enqueue` (lists)",
+                    f"{PGQ}:pgqueuer_enqueue",
+                    {"n": n, "mode": "many", **pg},
+                ),
+                Contender(
+                    "raw psycopg executemany",
+                    f"{RAW}:insert",
+                    {"n": n, "mode": "many", **pg},
+                    "reference",
+                ),
             ),
             primary=ours,
         ),
         Scenario(
-            "process", "process-b1", "SQLite: one worker process, batch_size=1", ("rate",),
+            "process",
+            "process-b1",
+            "SQLite: one worker process, batch_size=1",
+            ("rate",),
             (
                 Contender(ours, f"{OURS}:process", {"n": n // 2, "batch": 1}, "ours"),
-                Contender(f"{ours}, MALLOC_TRIM_THRESHOLD_=64 MiB", f"{OURS}:process",
-                          {"n": n // 2, "batch": 1, "malloc_trim": 64 * 2**20}, "ours"),
-                Contender("raw sqlite3 claim/delete loop", f"{RAW}:process", {"n": n // 2, "batch": 1}, "reference"),
+                Contender(
+                    f"{ours}, MALLOC_TRIM_THRESHOLD_=64 MiB",
+                    f"{OURS}:process",
+                    {"n": n // 2, "batch": 1, "malloc_trim": 64 * 2**20},
+                    "ours",
+                ),
+                Contender(
+                    "raw sqlite3 claim/delete loop",
+                    f"{RAW}:process",
+                    {"n": n // 2, "batch": 1},
+                    "reference",
+                ),
                 *_huey(", 1 thread worker", "process", n=n // 2),
             ),
             primary=ours,
         ),
         Scenario(
-            "process", "process-b5", "SQLite: one worker process, batch_size=5", ("rate",),
+            "process",
+            "process-b5",
+            "SQLite: one worker process, batch_size=5",
+            ("rate",),
             (
                 Contender(ours, f"{OURS}:process", {"n": n, "batch": 5}, "ours"),
-                Contender("raw sqlite3 claim/delete loop", f"{RAW}:process", {"n": n, "batch": 5}, "reference"),
+                Contender(
+                    "raw sqlite3 claim/delete loop",
+                    f"{RAW}:process",
+                    {"n": n, "batch": 5},
+                    "reference",
+                ),
             ),
             primary=ours,
         ),
         Scenario(
-            "process", "process-b100", "SQLite: one worker process, batch_size=100", ("rate",),
+            "process",
+            "process-b100",
+            "SQLite: one worker process, batch_size=100",
+            ("rate",),
             (
                 Contender(ours, f"{OURS}:process", {"n": n, "batch": 100}, "ours"),
-                Contender(f"{ours}, --log-level INFO (a log line per start/finish)", f"{OURS}:process",
-                          {"n": n, "batch": 100, "log_level": "INFO"}, "ours"),
-                Contender("raw sqlite3 claim/delete loop", f"{RAW}:process", {"n": n, "batch": 100}, "reference"),
+                Contender(
+                    f"{ours}, --log-level INFO (a log line per start/finish)",
+                    f"{OURS}:process",
+                    {"n": n, "batch": 100, "log_level": "INFO"},
+                    "ours",
+                ),
+                Contender(
+                    "raw sqlite3 claim/delete loop",
+                    f"{RAW}:process",
+                    {"n": n, "batch": 100},
+                    "reference",
+                ),
                 *_huey(", 1 thread worker (no batches)", "process", n=n // 2),
             ),
             primary=ours,
         ),
         Scenario(
-            "process", "process-procs", "SQLite: batch_size=100, several worker processes", ("rate",),
+            "process",
+            "process-procs",
+            "SQLite: batch_size=100, several worker processes",
+            ("rate",),
             (
-                Contender(f"{ours}, 1 process", f"{OURS}:process", {"n": n, "batch": 100}, "ours"),
-                Contender(f"{ours}, 2 processes", f"{OURS}:process", {"n": n, "batch": 100, "processes": 2}, "ours"),
-                Contender(f"{ours}, 4 processes", f"{OURS}:process", {"n": n, "batch": 100, "processes": 4}, "ours"),
+                Contender(
+                    f"{ours}, 1 process",
+                    f"{OURS}:process",
+                    {"n": n, "batch": 100},
+                    "ours",
+                ),
+                Contender(
+                    f"{ours}, 2 processes",
+                    f"{OURS}:process",
+                    {"n": n, "batch": 100, "processes": 2},
+                    "ours",
+                ),
+                Contender(
+                    f"{ours}, 4 processes",
+                    f"{OURS}:process",
+                    {"n": n, "batch": 100, "processes": 4},
+                    "ours",
+                ),
             ),
             primary=f"{ours}, 1 process",
             note="On a 2-core machine more processes share the same two cores and one write lock.",
         ),
         Scenario(
-            "process", "process-pg-b100", "PostgreSQL: one worker process, batch_size=100", ("rate",),
+            "process",
+            "process-pg-b100",
+            "PostgreSQL: one worker process, batch_size=100",
+            ("rate",),
             (
-                Contender(ours, f"{OURS}:process", {"n": n, "batch": 100, **pg}, "ours"),
-                Contender("raw psycopg claim/delete loop", f"{RAW}:process", {"n": n, "batch": 100, **pg}, "reference"),
-                Contender("pgqueuer, batch_size=100", f"{PGQ}:pgqueuer_process", {"n": n, "batch": 100, **pg}),
-                Contender("procrastinate, concurrency=1", f"{PGQ}:procrastinate_process", {"n": n // 10, **pg}),
+                Contender(
+                    ours, f"{OURS}:process", {"n": n, "batch": 100, **pg}, "ours"
+                ),
+                Contender(
+                    "raw psycopg claim/delete loop",
+                    f"{RAW}:process",
+                    {"n": n, "batch": 100, **pg},
+                    "reference",
+                ),
+                Contender(
+                    "pgqueuer, batch_size=100",
+                    f"{PGQ}:pgqueuer_process",
+                    {"n": n, "batch": 100, **pg},
+                ),
+                Contender(
+                    "procrastinate, concurrency=1",
+                    f"{PGQ}:procrastinate_process",
+                    {"n": n // 10, **pg},
+                ),
             ),
             primary=ours,
         ),
         Scenario(
-            "latency", "latency-embedded", "SQLite: pickup latency, embedded worker (enqueue in its process)",
+            "latency",
+            "latency-embedded",
+            "SQLite: pickup latency, embedded worker (enqueue in its process)",
             ("p50_ms", "p95_ms"),
             (
-                Contender(f"{ours}, embedded worker thread", f"{OURS}:latency", {"samples": s.samples, "mode": "embedded"}, "ours"),
-                Contender("Huey consumer process (polling), synchronous=FULL", f"{HUEY}:latency", {"samples": s.samples, "sync": "FULL"}),
+                Contender(
+                    f"{ours}, embedded worker thread",
+                    f"{OURS}:latency",
+                    {"samples": s.samples, "mode": "embedded"},
+                    "ours",
+                ),
+                Contender(
+                    "Huey consumer process (polling), synchronous=FULL",
+                    f"{HUEY}:latency",
+                    {"samples": s.samples, "sync": "FULL"},
+                ),
             ),
             primary=f"{ours}, embedded worker thread",
             note="Huey has no embedded worker; its consumer polls (0.1 s growing by 1.15x to 10 s).",
         ),
         Scenario(
-            "latency", "latency-process", "SQLite: pickup latency, worker in another process",
+            "latency",
+            "latency-process",
+            "SQLite: pickup latency, worker in another process",
             ("p50_ms", "p95_ms"),
             (
-                Contender(f"{ours}, `flask queue work`", f"{OURS}:latency", {"samples": s.samples, "mode": "process"}, "ours"),
-                Contender("Huey consumer process (polling), synchronous=FULL", f"{HUEY}:latency", {"samples": s.samples, "sync": "FULL"}),
+                Contender(
+                    f"{ours}, `flask queue work`",
+                    f"{OURS}:latency",
+                    {"samples": s.samples, "mode": "process"},
+                    "ours",
+                ),
+                Contender(
+                    "Huey consumer process (polling), synchronous=FULL",
+                    f"{HUEY}:latency",
+                    {"samples": s.samples, "sync": "FULL"},
+                ),
             ),
             primary=f"{ours}, `flask queue work`",
         ),
         Scenario(
-            "latency", "latency-pg", "PostgreSQL: pickup latency, worker in another process",
+            "latency",
+            "latency-pg",
+            "PostgreSQL: pickup latency, worker in another process",
             ("p50_ms", "p95_ms"),
             (
-                Contender(f"{ours}, `flask queue work`", f"{OURS}:latency", {"samples": s.samples, "mode": "process", **pg}, "ours"),
-                Contender("pgqueuer (LISTEN/NOTIFY)", f"{PGQ}:pgqueuer_latency", {"samples": s.samples, **pg}),
-                Contender("procrastinate (LISTEN/NOTIFY)", f"{PGQ}:procrastinate_latency", {"samples": s.samples, **pg}),
+                Contender(
+                    f"{ours}, `flask queue work`",
+                    f"{OURS}:latency",
+                    {"samples": s.samples, "mode": "process", **pg},
+                    "ours",
+                ),
+                Contender(
+                    "pgqueuer (LISTEN/NOTIFY)",
+                    f"{PGQ}:pgqueuer_latency",
+                    {"samples": s.samples, **pg},
+                ),
+                Contender(
+                    "procrastinate (LISTEN/NOTIFY)",
+                    f"{PGQ}:procrastinate_latency",
+                    {"samples": s.samples, **pg},
+                ),
             ),
             primary=f"{ours}, `flask queue work`",
         ),
         Scenario(
-            "idle", "idle-sqlite", f"SQLite: CPU of an idle worker over {s.idle_seconds:g} s", ("cpu_pct",),
+            "idle",
+            "idle-sqlite",
+            f"SQLite: CPU of an idle worker over {s.idle_seconds:g} s",
+            ("cpu_pct",),
             (
-                Contender(f"{ours}, `flask queue work`", f"{OURS}:idle_cpu", {"seconds": s.idle_seconds}, "ours"),
-                Contender("Huey consumer, 1 thread worker", f"{HUEY}:idle_cpu", {"seconds": s.idle_seconds, "sync": "FULL"}),
+                Contender(
+                    f"{ours}, `flask queue work`",
+                    f"{OURS}:idle_cpu",
+                    {"seconds": s.idle_seconds},
+                    "ours",
+                ),
+                Contender(
+                    "Huey consumer, 1 thread worker",
+                    f"{HUEY}:idle_cpu",
+                    {"seconds": s.idle_seconds, "sync": "FULL"},
+                ),
             ),
             primary=f"{ours}, `flask queue work`",
         ),
         Scenario(
-            "idle", "idle-pg", f"PostgreSQL: CPU of an idle worker over {s.idle_seconds:g} s", ("cpu_pct",),
+            "idle",
+            "idle-pg",
+            f"PostgreSQL: CPU of an idle worker over {s.idle_seconds:g} s",
+            ("cpu_pct",),
             (
-                Contender(f"{ours}, `flask queue work`", f"{OURS}:idle_cpu", {"seconds": s.idle_seconds, **pg}, "ours"),
-                Contender("pgqueuer", f"{PGQ}:pgqueuer_idle", {"seconds": s.idle_seconds, **pg}),
-                Contender("procrastinate", f"{PGQ}:procrastinate_idle", {"seconds": s.idle_seconds, **pg}),
+                Contender(
+                    f"{ours}, `flask queue work`",
+                    f"{OURS}:idle_cpu",
+                    {"seconds": s.idle_seconds, **pg},
+                    "ours",
+                ),
+                Contender(
+                    "pgqueuer",
+                    f"{PGQ}:pgqueuer_idle",
+                    {"seconds": s.idle_seconds, **pg},
+                ),
+                Contender(
+                    "procrastinate",
+                    f"{PGQ}:procrastinate_idle",
+                    {"seconds": s.idle_seconds, **pg},
+                ),
             ),
             primary=f"{ours}, `flask queue work`",
         ),
         Scenario(
-            "realistic", "realistic-b1",
+            "realistic",
+            "realistic-b1",
             "SQLite: realistic task (reads and writes one row of the app's table via db.session), batch_size=1",
             ("rate",),
             (
-                Contender(ours, f"{OURS}:process", {"n": n // 4, "batch": 1, "task": "account", "accounts": 1000}, "ours"),
+                Contender(
+                    ours,
+                    f"{OURS}:process",
+                    {"n": n // 4, "batch": 1, "task": "account", "accounts": 1000},
+                    "ours",
+                ),
                 *_huey(", 1 thread worker", "process", n=n // 4, accounts=1000),
             ),
             primary=ours,
             note="Huey's queue is its own file; the app's table is in the app's database.",
         ),
         Scenario(
-            "realistic", "realistic-b5", "SQLite: realistic task, batch_size=5 (tasks of a batch run concurrently)",
+            "realistic",
+            "realistic-b5",
+            "SQLite: realistic task, batch_size=5 (tasks of a batch run concurrently)",
             ("rate",),
             (
-                Contender(ours, f"{OURS}:process", {"n": n // 4, "batch": 5, "task": "account", "accounts": 1000}, "ours"),
-                Contender("Huey SqliteStorage, synchronous=NORMAL, 5 thread workers", f"{HUEY}:process",
-                          {"n": n // 4, "sync": "NORMAL", "workers": 5, "accounts": 1000}),
+                Contender(
+                    ours,
+                    f"{OURS}:process",
+                    {"n": n // 4, "batch": 5, "task": "account", "accounts": 1000},
+                    "ours",
+                ),
+                Contender(
+                    "Huey SqliteStorage, synchronous=NORMAL, 5 thread workers",
+                    f"{HUEY}:process",
+                    {"n": n // 4, "sync": "NORMAL", "workers": 5, "accounts": 1000},
+                ),
             ),
             primary=ours,
         ),
@@ -238,28 +447,57 @@ def scenarios(s: Settings) -> list[Scenario]:
     for batch in (100, 1):
         out.append(
             Scenario(
-                "scale", f"scale-b{batch}",
+                "scale",
+                f"scale-b{batch}",
                 f"SQLite: claim throughput, batch_size={batch}, first {s.scale_take:,} tasks",
                 ("rate",),
                 (
-                    Contender(f"{s.scale_waiting:,} waiting + {s.scale_waiting:,} dead", f"{OURS}:scale",
-                              {"waiting": s.scale_waiting, "dead": s.scale_waiting, "take": s.scale_take,
-                               "batch": batch, "cache_dir": s.cache_dir}, "ours"),
-                    Contender(f"{s.scale_take:,} waiting", f"{OURS}:scale",
-                              {"waiting": s.scale_take, "dead": 0, "take": s.scale_take,
-                               "batch": batch, "cache_dir": s.cache_dir}, "ours"),
+                    Contender(
+                        f"{s.scale_waiting:,} waiting + {s.scale_waiting:,} dead",
+                        f"{OURS}:scale",
+                        {
+                            "waiting": s.scale_waiting,
+                            "dead": s.scale_waiting,
+                            "take": s.scale_take,
+                            "batch": batch,
+                            "cache_dir": s.cache_dir,
+                        },
+                        "ours",
+                    ),
+                    Contender(
+                        f"{s.scale_take:,} waiting",
+                        f"{OURS}:scale",
+                        {
+                            "waiting": s.scale_take,
+                            "dead": 0,
+                            "take": s.scale_take,
+                            "batch": batch,
+                            "cache_dir": s.cache_dir,
+                        },
+                        "ours",
+                    ),
                 ),
                 primary=f"{s.scale_waiting:,} waiting + {s.scale_waiting:,} dead",
             )
         )
     out.append(
         Scenario(
-            "memory", "memory", f"SQLite: worker RSS, start and after {s.mem_n:,} tasks",
+            "memory",
+            "memory",
+            f"SQLite: worker RSS, start and after {s.mem_n:,} tasks",
             ("rss_start_mib", "rss_end_mib", "rss_growth_mib"),
             (
-                Contender(f"{ours}, batch_size=100", f"{OURS}:memory", {"n": s.mem_n, "batch": 100}, "ours"),
-                Contender("Huey consumer, 1 thread worker, synchronous=NORMAL", f"{HUEY}:memory",
-                          {"n": s.mem_n, "sync": "NORMAL"}),
+                Contender(
+                    f"{ours}, batch_size=100",
+                    f"{OURS}:memory",
+                    {"n": s.mem_n, "batch": 100},
+                    "ours",
+                ),
+                Contender(
+                    "Huey consumer, 1 thread worker, synchronous=NORMAL",
+                    f"{HUEY}:memory",
+                    {"n": s.mem_n, "sync": "NORMAL"},
+                ),
             ),
             primary=f"{ours}, batch_size=100",
             note="Growth: the highest RSS seen after the first tenth of the tasks minus RSS at that tenth.",

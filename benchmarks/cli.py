@@ -24,10 +24,10 @@ from pathlib import Path
 from . import report
 from .cases import CASES
 from .cases import Scenario
-from .cases import Settings
 from .cases import scenarios
-from .procs import ROOT
+from .cases import Settings
 from .procs import child_env
+from .procs import ROOT
 
 DEFAULT_OUT = ROOT / "docs" / "benchmarks"
 
@@ -38,45 +38,94 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="flask-plainqueue side by side with Huey, procrastinate, pgqueuer"
         " and raw-driver reference loops.",
     )
-    parser.add_argument("--cases", default=",".join(CASES),
-                        help=f"comma-separated, from: {', '.join(CASES)} (default: all)")
-    parser.add_argument("--only", default="",
-                        help="comma-separated scenario keys to keep (e.g. process-b100)")
-    parser.add_argument("--n", type=int, default=20_000,
-                        help="tasks per throughput measurement (default 20000)")
+    parser.add_argument(
+        "--cases",
+        default=",".join(CASES),
+        help=f"comma-separated, from: {', '.join(CASES)} (default: all)",
+    )
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated scenario keys to keep (e.g. process-b100)",
+    )
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=20_000,
+        help="tasks per throughput measurement (default 20000)",
+    )
     parser.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
-    parser.add_argument("--mem-n", type=int, default=1_000_000,
-                        help="tasks the memory case runs (default 1000000)")
-    parser.add_argument("--scale-waiting", type=int, default=1_000_000,
-                        help="waiting (and as many dead) tasks in the big scale table")
-    parser.add_argument("--scale-take", type=int, default=5_000,
-                        help="tasks processed in each scale measurement; the small table"
-                        " holds just these (default 5000)")
-    parser.add_argument("--samples", type=int, default=40,
-                        help="pickup-latency samples per measurement (default 40)")
-    parser.add_argument("--idle-seconds", type=float, default=10.0,
-                        help="how long idle CPU is measured (default 10)")
-    parser.add_argument("--pg-url", default=os.environ.get(
-        "TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+    parser.add_argument(
+        "--mem-n",
+        type=int,
+        default=1_000_000,
+        help="tasks the memory case runs (default 1000000)",
+    )
+    parser.add_argument(
+        "--scale-waiting",
+        type=int,
+        default=1_000_000,
+        help="waiting (and as many dead) tasks in the big scale table",
+    )
+    parser.add_argument(
+        "--scale-take",
+        type=int,
+        default=5_000,
+        help="tasks processed in each scale measurement; the small table"
+        " holds just these (default 5000)",
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=40,
+        help="pickup-latency samples per measurement (default 40)",
+    )
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=10.0,
+        help="how long idle CPU is measured (default 10)",
+    )
+    parser.add_argument(
+        "--pg-url",
+        default=os.environ.get(
+            "TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+        ),
         help="PostgreSQL server for the PostgreSQL rows (a database per measurement"
-        " is created and dropped on it); '' skips them")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="where the report goes (default docs/benchmarks)")
-    parser.add_argument("--note", default="",
-                        help="a line for the report, e.g. what else ran on the machine")
+        " is created and dropped on it); '' skips them",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="where the report goes (default docs/benchmarks)",
+    )
+    parser.add_argument(
+        "--note",
+        default="",
+        help="a line for the report, e.g. what else ran on the machine",
+    )
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
-    parser.add_argument("--timeout", type=float, default=900.0,
-                        help="seconds one measurement may take before it counts as failed")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        help="seconds one measurement may take before it counts as failed",
+    )
     args = parser.parse_args(argv)
     unknown = set(filter(None, args.cases.split(","))) - set(CASES)
     if unknown:
-        parser.error(f"unknown case(s) {', '.join(sorted(unknown))}; choose from {', '.join(CASES)}")
+        parser.error(
+            f"unknown case(s) {', '.join(sorted(unknown))}; choose from {', '.join(CASES)}"
+        )
     if args.rounds < 1 or args.n < 10:
         parser.error("--rounds must be 1 or more and --n 10 or more")
     return args
 
 
-def measure(func: str, params: dict[str, t.Any], workdir: Path, timeout: float) -> dict[str, t.Any]:
+def measure(
+    func: str, params: dict[str, t.Any], workdir: Path, timeout: float
+) -> dict[str, t.Any]:
     """Run one measurement in a fresh process; its metrics, or ``skip``/``error``."""
     spec = json.dumps({"func": func, "params": params, "workdir": str(workdir)})
     try:
@@ -92,7 +141,9 @@ def measure(func: str, params: dict[str, t.Any], workdir: Path, timeout: float) 
         return {"error": f"timed out after {timeout:.0f}s"}
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("BENCH-RESULT "):
-            return t.cast(dict[str, t.Any], json.loads(line.removeprefix("BENCH-RESULT ")))
+            return t.cast(
+                dict[str, t.Any], json.loads(line.removeprefix("BENCH-RESULT "))
+            )
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     return {"error": f"exit {proc.returncode}: " + " | ".join(lines[-6:])}
 
@@ -114,7 +165,9 @@ def run(args: argparse.Namespace, log: t.Callable[[str], None]) -> dict[str, t.A
     cases = [c for c in CASES if c in set(args.cases.split(","))]
     only = set(filter(None, args.only.split(",")))
     chosen = [
-        s for s in scenarios(settings) if s.case in cases and (not only or s.key in only)
+        s
+        for s in scenarios(settings)
+        if s.case in cases and (not only or s.key in only)
     ]
     started = time.time()
     results: list[dict[str, t.Any]] = []
@@ -125,10 +178,13 @@ def run(args: argparse.Namespace, log: t.Callable[[str], None]) -> dict[str, t.A
         shutil.rmtree(work, ignore_errors=True)
     return {
         "command": command_line(),
-        "started": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(
-            timespec="seconds"),
+        "started": datetime.datetime.fromtimestamp(
+            started, datetime.timezone.utc
+        ).isoformat(timespec="seconds"),
         "duration_s": round(time.time() - started, 1),
-        "settings": {k: v for k, v in vars(settings).items() if k not in ("cache_dir", "pg_url")},
+        "settings": {
+            k: v for k, v in vars(settings).items() if k not in ("cache_dir", "pg_url")
+        },
         "machine": report.machine(),
         "note": args.note,
         "scenarios": results,
@@ -136,7 +192,11 @@ def run(args: argparse.Namespace, log: t.Callable[[str], None]) -> dict[str, t.A
 
 
 def run_scenario(
-    scenario: Scenario, settings: Settings, work: Path, timeout: float, log: t.Callable[[str], None]
+    scenario: Scenario,
+    settings: Settings,
+    work: Path,
+    timeout: float,
+    log: t.Callable[[str], None],
 ) -> dict[str, t.Any]:
     log(f"== {scenario.key}: {scenario.title}")
     began = time.monotonic()
@@ -155,7 +215,9 @@ def run_scenario(
             if "error" in result:
                 # One retry, in a fresh directory: a shared machine's PostgreSQL may
                 # be restarting under someone else's test. A second error counts.
-                log(f"   round {rnd + 1}: {contender.label}: retrying after: {result['error'][-300:]}")
+                log(
+                    f"   round {rnd + 1}: {contender.label}: retrying after: {result['error'][-300:]}"
+                )
                 shutil.rmtree(workdir, ignore_errors=True)
                 time.sleep(2)
                 result = measure(contender.func, contender.params, workdir, timeout)
@@ -182,8 +244,15 @@ def run_scenario(
         "primary": scenario.primary,
         "note": scenario.note,
         "contenders": [
-            {"label": c.label, "kind": c.kind, "params": {k: v for k, v in c.params.items()
-                                                          if k not in ("pg_url", "cache_dir")}}
+            {
+                "label": c.label,
+                "kind": c.kind,
+                "params": {
+                    k: v
+                    for k, v in c.params.items()
+                    if k not in ("pg_url", "cache_dir")
+                },
+            }
             for c in scenario.contenders
         ],
         "runs": runs,
@@ -213,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
             report.chart(data, args.out / "results.png")
             wrote.append("results.png")
         except ImportError:
-            log("matplotlib is not installed: no chart (pip install -r requirements/bench.txt)")
+            log(
+                "matplotlib is not installed: no chart (pip install -r requirements/bench.txt)"
+            )
     log(f"wrote {', '.join(wrote)} to {args.out}")
     errors = [
         (s["key"], label, r["error"])

@@ -64,7 +64,9 @@ def fill_sqlite_queue(
 def count_rows(path: Path, where: str = "1=1") -> int:
     conn = sqlite3.connect(path)
     try:
-        return int(conn.execute(f"SELECT count(*) FROM {TABLE} WHERE {where}").fetchone()[0])
+        return int(
+            conn.execute(f"SELECT count(*) FROM {TABLE} WHERE {where}").fetchone()[0]
+        )
     finally:
         conn.close()
 
@@ -95,12 +97,16 @@ class Barrier:
             time.sleep(0.001)
         return float(go.read_text() or time.time())
 
-    def wait_ready(self, count: int, procs: t.Sequence[t.Any] = (), timeout: float = 120.0) -> None:
+    def wait_ready(
+        self, count: int, procs: t.Sequence[t.Any] = (), timeout: float = 120.0
+    ) -> None:
         deadline = time.monotonic() + timeout
         while len(list(self.directory.glob("ready-*"))) < count:
             for proc in procs:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"worker process exited early with {proc.returncode}")
+                    raise RuntimeError(
+                        f"worker process exited early with {proc.returncode}"
+                    )
             if time.monotonic() > deadline:
                 raise TimeoutError("worker processes never became ready")
             time.sleep(0.005)
@@ -120,7 +126,10 @@ class Barrier:
         tmp.rename(path)
 
     def results(self) -> list[dict[str, t.Any]]:
-        return [json.loads(p.read_text()) for p in sorted(self.directory.glob("done-*.json"))]
+        return [
+            json.loads(p.read_text())
+            for p in sorted(self.directory.glob("done-*.json"))
+        ]
 
 
 def emit(result: dict[str, t.Any]) -> None:

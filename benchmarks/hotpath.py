@@ -29,18 +29,26 @@ MODES = ("drain", "claim", "batch", "attempt", "perform", "perform_many")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.hotpath", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.hotpath", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("mode", choices=MODES)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--other-task", action="store_true")
     parser.add_argument("--unknown", type=int, default=0)
-    parser.add_argument("--pyinstrument", action="store_true", help="print a pyinstrument profile")
+    parser.add_argument(
+        "--pyinstrument", action="store_true", help="print a pyinstrument profile"
+    )
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="plainqueue-hotpath-"))
     db_path = work / "bench.db"
-    os.environ.update(BENCH_DB_URI=f"sqlite:///{db_path}", BENCH_TASK="noop", BENCH_BATCH=str(args.batch))
+    os.environ.update(
+        BENCH_DB_URI=f"sqlite:///{db_path}",
+        BENCH_TASK="noop",
+        BENCH_BATCH=str(args.batch),
+    )
     from . import ourapp
     from .common import fill_sqlite_queue
 
@@ -73,14 +81,23 @@ def main(argv: list[str] | None = None) -> int:
             outcomes, done = Outcomes(), 0
             while True:
                 now = datetime.datetime.now(datetime.timezone.utc)
-                tasks = storage.claim(owner=worker.id, names=names, batch_sizes=sizes, now=now,
-                                      until=now + lease, outcomes=outcomes)
+                tasks = storage.claim(
+                    owner=worker.id,
+                    names=names,
+                    batch_sizes=sizes,
+                    now=now,
+                    until=now + lease,
+                    outcomes=outcomes,
+                )
                 if not tasks:
                     return done
                 outcomes.completed.extend((task.id, task.attempts) for task in tasks)
                 done += len(tasks)
         if args.mode in ("batch", "attempt"):
-            tasks = [ClaimedTask(i, "bench_task", '{"i": 1}', 1, 0, 0) for i in range(args.batch)]
+            tasks = [
+                ClaimedTask(i, "bench_task", '{"i": 1}', 1, 0, 0)
+                for i in range(args.batch)
+            ]
             outcomes, done = Outcomes(), 0
             while done < args.n:
                 if args.mode == "batch":
@@ -115,8 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     worker.close()
     import flask_plainqueue
 
-    print(f"{args.mode} batch={args.batch}: {done} in {elapsed:.3f}s = {done / elapsed:,.0f}/s,"
-          f" {1e6 * elapsed / max(done, 1):.1f} us each ({flask_plainqueue.__file__})")
+    print(
+        f"{args.mode} batch={args.batch}: {done} in {elapsed:.3f}s = {done / elapsed:,.0f}/s,"
+        f" {1e6 * elapsed / max(done, 1):.1f} us each ({flask_plainqueue.__file__})"
+    )
     return 0
 
 

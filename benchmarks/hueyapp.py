@@ -75,7 +75,9 @@ elif _kind == "account":
     from .ourapp import db
 
     flask_app = Flask(__name__)
-    flask_app.config["SQLALCHEMY_DATABASE_URI"] = os.environ.get("BENCH_DB_URI", "sqlite://")
+    flask_app.config["SQLALCHEMY_DATABASE_URI"] = os.environ.get(
+        "BENCH_DB_URI", "sqlite://"
+    )
     db.init_app(flask_app)
 
     @huey.task(name="bench_task")

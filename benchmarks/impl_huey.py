@@ -97,7 +97,9 @@ def process(
 def latency(*, workdir: Path, samples: int, sync: str) -> dict[str, t.Any]:
     """Enqueue-to-start latency with a Huey consumer in its own process (polling)."""
     sock = _udp_socket()
-    env = _configure(workdir, sync, BENCH_TASK="latency", BENCH_UDP_PORT=sock.getsockname()[1])
+    env = _configure(
+        workdir, sync, BENCH_TASK="latency", BENCH_UDP_PORT=sock.getsockname()[1]
+    )
     from . import hueyapp
 
     log = workdir / "worker.log"
@@ -156,6 +158,7 @@ def memory_result(r: dict[str, t.Any], n: int, start: float) -> dict[str, t.Any]
     return {
         "rss_start_mib": r["rss_start"],
         "rss_end_mib": r["rss_end"],
-        "rss_growth_mib": max([r["rss_end"], *samples]) - (samples[0] if samples else r["rss_start"]),
+        "rss_growth_mib": max([r["rss_end"], *samples])
+        - (samples[0] if samples else r["rss_start"]),
         "rate": n / (r["end"] - start),
     }

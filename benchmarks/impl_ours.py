@@ -16,11 +16,10 @@ from pathlib import Path
 
 from . import pg
 from . import procs
-from .common import TABLE
 from .common import Barrier
-from .common import count_rows
 from .common import fill_sqlite_queue
 from .common import percentile
+from .common import TABLE
 
 WORK = ["-m", "flask", "--app", "benchmarks.ourapp:create_app", "queue", "work"]
 
@@ -54,7 +53,9 @@ def _app(uri: str, **env: t.Any) -> t.Any:
     return app
 
 
-def _fill(app: t.Any, uri: str, n: int, data: t.Callable[[int], t.Any] | None = None) -> None:
+def _fill(
+    app: t.Any, uri: str, n: int, data: t.Callable[[int], t.Any] | None = None
+) -> None:
     """Enqueue ``n`` tasks, untimed: raw sqlite3 on SQLite, perform_many elsewhere."""
     from . import ourapp
 
@@ -67,7 +68,9 @@ def _fill(app: t.Any, uri: str, n: int, data: t.Callable[[int], t.Any] | None = 
     with app.app_context():
         for start in range(0, n, 10_000):
             items = range(start, min(n, start + 10_000))
-            ourapp.queue.perform_many("bench_task", [data(i) if data else {"i": i} for i in items])
+            ourapp.queue.perform_many(
+                "bench_task", [data(i) if data else {"i": i} for i in items]
+            )
         ourapp.db.engine.dispose()
 
 
@@ -76,7 +79,9 @@ def _remaining(app: t.Any) -> int:
 
     with app.app_context():
         with ourapp.db.engine.connect() as conn:
-            return int(conn.exec_driver_sql(f"SELECT count(*) FROM {TABLE}").scalar_one())
+            return int(
+                conn.exec_driver_sql(f"SELECT count(*) FROM {TABLE}").scalar_one()
+            )
 
 
 def _run_workers(
@@ -112,7 +117,12 @@ def _run_workers(
 
 
 def enqueue(
-    *, workdir: Path, n: int, mode: str, engine: str = "sqlite", pg_url: str | None = None
+    *,
+    workdir: Path,
+    n: int,
+    mode: str,
+    engine: str = "sqlite",
+    pg_url: str | None = None,
 ) -> dict[str, t.Any]:
     """``perform`` one by one (``mode="one"``) or one ``perform_many`` call."""
     from . import ourapp
@@ -162,10 +172,15 @@ def process(
 
             with app.app_context():
                 ourapp.db.session.add_all(
-                    [ourapp.Account(id=i, balance=0, touched=0) for i in range(accounts)]
+                    [
+                        ourapp.Account(id=i, balance=0, touched=0)
+                        for i in range(accounts)
+                    ]
                 )
                 ourapp.db.session.commit()
-            data: t.Callable[[int], t.Any] | None = lambda i: {"account": i % accounts}
+
+            def data(i):
+                return {"account": i % accounts}
         else:
             data = None
         _fill(app, uri, n, data)
@@ -193,9 +208,9 @@ def process(
                     ourapp.db.select(ourapp.db.func.sum(ourapp.Account.touched))
                 )
                 failed = ourapp.db.session.scalar(
-                    ourapp.db.select(ourapp.db.func.count()).select_from(
-                        ourapp.queue.Task
-                    ).where(ourapp.queue.Task.failed_nr > 0)
+                    ourapp.db.select(ourapp.db.func.count())
+                    .select_from(ourapp.queue.Task)
+                    .where(ourapp.queue.Task.failed_nr > 0)
                 )
             extra = {"touched": touched, "failed_rows": failed}
         from . import ourapp
@@ -386,8 +401,13 @@ def scale(
     )
     stopped, warm = results[0]["stopped_at"], results[0]["warm_at"]
     if stopped is None or warm is None:
-        raise RuntimeError(f"worker stopped after {results[0]['count']} tasks, not {take}")
-    return {"rate": (take - take // 5) / (stopped - warm), "cold_rate": take / (stopped - start)}
+        raise RuntimeError(
+            f"worker stopped after {results[0]['count']} tasks, not {take}"
+        )
+    return {
+        "rate": (take - take // 5) / (stopped - warm),
+        "cold_rate": take / (stopped - start),
+    }
 
 
 # -- case 6: memory -------------------------------------------------------------------
@@ -404,7 +424,11 @@ def memory(*, workdir: Path, n: int, batch: int) -> dict[str, t.Any]:
         processes=1,
         args=["--log-level", "WARNING"],
         timeout=max(120.0, n / 200),
-        env_extra={"BENCH_TASK": "count", "BENCH_BATCH": batch, "BENCH_RSS_EVERY": max(1, n // 10)},
+        env_extra={
+            "BENCH_TASK": "count",
+            "BENCH_BATCH": batch,
+            "BENCH_RSS_EVERY": max(1, n // 10),
+        },
     )
     from .impl_huey import memory_result
 

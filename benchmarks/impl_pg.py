@@ -59,9 +59,12 @@ async def _procrastinate_install(url: str) -> None:
 # -- enqueue --------------------------------------------------------------------
 
 
-def pgqueuer_enqueue(*, workdir: Path, n: int, mode: str, engine: str, pg_url: str | None) -> dict[str, t.Any]:
+def pgqueuer_enqueue(
+    *, workdir: Path, n: int, mode: str, engine: str, pg_url: str | None
+) -> dict[str, t.Any]:
     _need("pgqueuer")
     with pg.fresh_database(pg_url) as (_, url):
+
         async def go() -> float:
             await _pgqueuer_install(url)
             conn, queries = await _pgqueuer_queries(url)
@@ -79,9 +82,12 @@ def pgqueuer_enqueue(*, workdir: Path, n: int, mode: str, engine: str, pg_url: s
         return {"rate": n / asyncio.run(go())}
 
 
-def procrastinate_enqueue(*, workdir: Path, n: int, mode: str, engine: str, pg_url: str | None) -> dict[str, t.Any]:
+def procrastinate_enqueue(
+    *, workdir: Path, n: int, mode: str, engine: str, pg_url: str | None
+) -> dict[str, t.Any]:
     _need("procrastinate")
     with pg.fresh_database(pg_url) as (_, url):
+
         async def go() -> float:
             await _procrastinate_install(url)
             app, task = _procrastinate_app(url)
@@ -100,10 +106,14 @@ def procrastinate_enqueue(*, workdir: Path, n: int, mode: str, engine: str, pg_u
 # -- processing -----------------------------------------------------------------
 
 
-def _run_worker(workdir: Path, lib: str, url: str, **env_extra: t.Any) -> tuple[float, dict[str, t.Any]]:
+def _run_worker(
+    workdir: Path, lib: str, url: str, **env_extra: t.Any
+) -> tuple[float, dict[str, t.Any]]:
     barrier_dir = workdir / "barrier"
     barrier_dir.mkdir(exist_ok=True)
-    env = procs.child_env(BENCH_DIR=str(barrier_dir), **{k: str(v) for k, v in env_extra.items()})
+    env = procs.child_env(
+        BENCH_DIR=str(barrier_dir), **{k: str(v) for k, v in env_extra.items()}
+    )
     log = workdir / "worker.log"
     worker = procs.start(["-m", "benchmarks.pgworker", lib, url], env, log)
     barrier = Barrier(barrier_dir)
@@ -116,26 +126,38 @@ def _run_worker(workdir: Path, lib: str, url: str, **env_extra: t.Any) -> tuple[
     return start, barrier.results()[0]
 
 
-def pgqueuer_process(*, workdir: Path, n: int, batch: int, engine: str, pg_url: str | None) -> dict[str, t.Any]:
+def pgqueuer_process(
+    *, workdir: Path, n: int, batch: int, engine: str, pg_url: str | None
+) -> dict[str, t.Any]:
     _need("pgqueuer")
     _need("asyncpg")
     with pg.fresh_database(pg_url) as (_, url):
+
         async def fill() -> None:
             await _pgqueuer_install(url)
             conn, queries = await _pgqueuer_queries(url)
             for s in range(0, n, 10_000):
                 m = min(n, s + 10_000) - s
-                await queries.enqueue(["bench_task"] * m, [str(i).encode() for i in range(s, s + m)], [0] * m)
+                await queries.enqueue(
+                    ["bench_task"] * m,
+                    [str(i).encode() for i in range(s, s + m)],
+                    [0] * m,
+                )
             await conn.close()
 
         asyncio.run(fill())
-        start, result = _run_worker(workdir, "pgqueuer", url, BENCH_STOP_AFTER=n, BENCH_BATCH=batch)
+        start, result = _run_worker(
+            workdir, "pgqueuer", url, BENCH_STOP_AFTER=n, BENCH_BATCH=batch
+        )
         return {"rate": n / (result["end"] - start)}
 
 
-def procrastinate_process(*, workdir: Path, n: int, engine: str, pg_url: str | None) -> dict[str, t.Any]:
+def procrastinate_process(
+    *, workdir: Path, n: int, engine: str, pg_url: str | None
+) -> dict[str, t.Any]:
     _need("procrastinate")
     with pg.fresh_database(pg_url) as (_, url):
+
         async def fill() -> None:
             await _procrastinate_install(url)
             app, task = _procrastinate_app(url)
@@ -150,12 +172,17 @@ def procrastinate_process(*, workdir: Path, n: int, engine: str, pg_url: str | N
 # -- latency and idle CPU ----------------------------------------------------------
 
 
-def _latency(workdir: Path, lib: str, url: str, samples: int, enqueue: t.Callable[[int], None]) -> dict[str, t.Any]:
+def _latency(
+    workdir: Path, lib: str, url: str, samples: int, enqueue: t.Callable[[int], None]
+) -> dict[str, t.Any]:
     sock = _udp_socket()
     barrier_dir = workdir / "barrier"
     barrier_dir.mkdir()
-    env = procs.child_env(BENCH_DIR=str(barrier_dir), BENCH_TASK="latency",
-                          BENCH_UDP_PORT=str(sock.getsockname()[1]))
+    env = procs.child_env(
+        BENCH_DIR=str(barrier_dir),
+        BENCH_TASK="latency",
+        BENCH_UDP_PORT=str(sock.getsockname()[1]),
+    )
     log = workdir / "worker.log"
     worker = procs.start(["-m", "benchmarks.pgworker", lib, url], env, log)
     try:
@@ -167,7 +194,9 @@ def _latency(workdir: Path, lib: str, url: str, samples: int, enqueue: t.Callabl
         procs.stop([worker])
 
 
-def pgqueuer_latency(*, workdir: Path, samples: int, engine: str, pg_url: str | None) -> dict[str, t.Any]:
+def pgqueuer_latency(
+    *, workdir: Path, samples: int, engine: str, pg_url: str | None
+) -> dict[str, t.Any]:
     _need("pgqueuer")
     with pg.fresh_database(pg_url) as (_, url):
         asyncio.run(_pgqueuer_install(url))
@@ -184,7 +213,9 @@ def pgqueuer_latency(*, workdir: Path, samples: int, engine: str, pg_url: str | 
             loop.close()
 
 
-def procrastinate_latency(*, workdir: Path, samples: int, engine: str, pg_url: str | None) -> dict[str, t.Any]:
+def procrastinate_latency(
+    *, workdir: Path, samples: int, engine: str, pg_url: str | None
+) -> dict[str, t.Any]:
     _need("procrastinate")
     with pg.fresh_database(pg_url) as (_, url):
         asyncio.run(_procrastinate_install(url))
@@ -217,14 +248,18 @@ def _idle(workdir: Path, lib: str, url: str, seconds: float) -> dict[str, t.Any]
         procs.stop([worker])
 
 
-def pgqueuer_idle(*, workdir: Path, seconds: float, engine: str, pg_url: str | None) -> dict[str, t.Any]:
+def pgqueuer_idle(
+    *, workdir: Path, seconds: float, engine: str, pg_url: str | None
+) -> dict[str, t.Any]:
     _need("pgqueuer")
     with pg.fresh_database(pg_url) as (_, url):
         asyncio.run(_pgqueuer_install(url))
         return _idle(workdir, "pgqueuer", url, seconds)
 
 
-def procrastinate_idle(*, workdir: Path, seconds: float, engine: str, pg_url: str | None) -> dict[str, t.Any]:
+def procrastinate_idle(
+    *, workdir: Path, seconds: float, engine: str, pg_url: str | None
+) -> dict[str, t.Any]:
     _need("procrastinate")
     with pg.fresh_database(pg_url) as (_, url):
         asyncio.run(_procrastinate_install(url))

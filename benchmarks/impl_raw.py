@@ -12,16 +12,18 @@ from pathlib import Path
 
 from . import pg
 from . import procs
+from .common import Barrier
+from .common import sqlite_time
 from .common import TABLE
 from .common import TASK_NAME
 from .common import UTC
-from .common import Barrier
-from .common import sqlite_time
 from .impl_ours import _app
 from .impl_ours import _fill
 from .impl_ours import _remaining
 
-INSERT_COLUMNS = "name, queue, priority, data, created, run_at, status, attempts, failed_nr"
+INSERT_COLUMNS = (
+    "name, queue, priority, data, created, run_at, status, attempts, failed_nr"
+)
 
 
 def _row(i: int, now: t.Any) -> tuple[t.Any, ...]:
@@ -41,13 +43,21 @@ def process(
     another, process, as in real use)."""
     if engine == "sqlite":
         path = workdir / "bench.db"
-        return _process(workdir, f"sqlite:///{path}", str(path), n, batch, "sqlite", malloc_trim)
+        return _process(
+            workdir, f"sqlite:///{path}", str(path), n, batch, "sqlite", malloc_trim
+        )
     with pg.fresh_database(pg_url) as (sa_url, libpq):
         return _process(workdir, sa_url, libpq, n, batch, "postgresql", malloc_trim)
 
 
 def _process(
-    workdir: Path, uri: str, target: str, n: int, batch: int, engine: str, malloc_trim: int | None
+    workdir: Path,
+    uri: str,
+    target: str,
+    n: int,
+    batch: int,
+    engine: str,
+    malloc_trim: int | None,
 ) -> dict[str, t.Any]:
     app = _app(uri, BENCH_TASK="noop")
     _fill(app, uri, n)
@@ -58,7 +68,9 @@ def _process(
         extra["MALLOC_TRIM_THRESHOLD_"] = str(malloc_trim)
     env = procs.child_env(**extra)
     log = workdir / "worker.log"
-    worker = procs.start(["-m", "benchmarks.rawworker", engine, target, str(batch)], env, log)
+    worker = procs.start(
+        ["-m", "benchmarks.rawworker", engine, target, str(batch)], env, log
+    )
     barrier = Barrier(barrier_dir)
     try:
         barrier.wait_ready(1, [worker])
@@ -77,7 +89,12 @@ def _process(
 
 
 def insert(
-    *, workdir: Path, n: int, mode: str, engine: str = "sqlite", pg_url: str | None = None
+    *,
+    workdir: Path,
+    n: int,
+    mode: str,
+    engine: str = "sqlite",
+    pg_url: str | None = None,
 ) -> dict[str, t.Any]:
     """Raw inserts into our table: one committed transaction per row
     (``mode="one"``) or one ``executemany`` in one transaction."""
@@ -91,7 +108,9 @@ def insert(
         conn = sqlite3.connect(path, isolation_level=None)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
-        sql = f"INSERT INTO {TABLE} ({INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        sql = (
+            f"INSERT INTO {TABLE} ({INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
         start = time.perf_counter()
         if mode == "one":
             for i in range(n):

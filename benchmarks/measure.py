@@ -15,8 +15,8 @@ import sys
 import typing as t
 from pathlib import Path
 
-from .common import Skip
 from .common import emit
+from .common import Skip
 
 
 def main(argv: list[str]) -> int:

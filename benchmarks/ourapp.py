@@ -31,9 +31,9 @@ from sqlalchemy.orm import mapped_column
 from flask_plainqueue import PlainQueue
 from flask_plainqueue import signals
 
-from .common import TASK_NAME
 from .common import Barrier
 from .common import rss_mib
+from .common import TASK_NAME
 
 db = SQLAlchemy()
 queue = PlainQueue(db=db)
@@ -115,7 +115,9 @@ def create_app() -> Flask:
     queue.init_app(app)
     if TASK_NAME not in queue.registry:
         body = _BODIES[os.environ.get("BENCH_TASK", "noop")]
-        queue.task(name=TASK_NAME, batch_size=int(os.environ.get("BENCH_BATCH", "1")))(body)
+        queue.task(name=TASK_NAME, batch_size=int(os.environ.get("BENCH_BATCH", "1")))(
+            body
+        )
     directory = os.environ.get("BENCH_DIR")
     if directory:
         barrier = Barrier(directory)

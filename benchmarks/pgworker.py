@@ -54,7 +54,9 @@ async def run_pgqueuer(url: str, barrier: Barrier, counter: Counter) -> None:
         counter.hit(int(job.payload.decode()) if job.payload else None)
 
     barrier.ready_and_wait()
-    runner = asyncio.create_task(qm.run(batch_size=BATCH, dequeue_timeout=datetime.timedelta(seconds=30)))
+    runner = asyncio.create_task(
+        qm.run(batch_size=BATCH, dequeue_timeout=datetime.timedelta(seconds=30))
+    )
     if STOP_AFTER:
         await counter.done.wait()
         qm.shutdown.set()
@@ -74,7 +76,9 @@ async def run_procrastinate(url: str, barrier: Barrier, counter: Counter) -> Non
 
     async with app.open_async():
         barrier.ready_and_wait()
-        runner = asyncio.create_task(app.run_worker_async(concurrency=1, install_signal_handlers=False))
+        runner = asyncio.create_task(
+            app.run_worker_async(concurrency=1, install_signal_handlers=False)
+        )
         if STOP_AFTER:
             await counter.done.wait()
             runner.cancel()
@@ -97,7 +101,9 @@ def main() -> None:
     counter = asyncio.run(go())
     if not STOP_AFTER:
         return
-    barrier.done(end=counter.end, count=counter.count, rss_start=rss_start, rss_end=rss_mib())
+    barrier.done(
+        end=counter.end, count=counter.count, rss_start=rss_start, rss_end=rss_mib()
+    )
     sys.stdout.flush()
     os._exit(0)
 

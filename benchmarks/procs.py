@@ -23,7 +23,9 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start(args: t.Sequence[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start(
+    args: t.Sequence[str], env: dict[str, str], log: Path
+) -> subprocess.Popen[bytes]:
     """Start ``python args...`` with output going to ``log``."""
     out = open(log, "ab")
     try:
@@ -39,7 +41,9 @@ def start(args: t.Sequence[str], env: dict[str, str], log: Path) -> subprocess.P
         out.close()
 
 
-def wait_all(procs: t.Sequence[subprocess.Popen[bytes]], timeout: float, log: Path) -> None:
+def wait_all(
+    procs: t.Sequence[subprocess.Popen[bytes]], timeout: float, log: Path
+) -> None:
     """Wait for every process to exit 0; kill them all and raise on timeout or error."""
     deadline = time.monotonic() + timeout
     try:
@@ -49,7 +53,9 @@ def wait_all(procs: t.Sequence[subprocess.Popen[bytes]], timeout: float, log: Pa
             if rc != 0:
                 raise RuntimeError(f"worker exited with {rc}; log:\n{tail(log)}")
     except subprocess.TimeoutExpired:
-        raise RuntimeError(f"worker did not finish in {timeout:.0f}s; log:\n{tail(log)}") from None
+        raise RuntimeError(
+            f"worker did not finish in {timeout:.0f}s; log:\n{tail(log)}"
+        ) from None
     finally:
         stop(procs)
 

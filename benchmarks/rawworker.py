@@ -15,11 +15,11 @@ import sqlite3
 import sys
 import time
 
+from .common import Barrier
+from .common import sqlite_time
 from .common import TABLE
 from .common import TASK_NAME
 from .common import UTC
-from .common import Barrier
-from .common import sqlite_time
 
 SQLITE_CLAIM = (
     f"UPDATE {TABLE} SET lease_owner = ?, run_at = ?, attempts = attempts + 1"
@@ -53,7 +53,13 @@ def run_sqlite(path: str, batch: int) -> int:
             conn.executemany(SQLITE_DELETE, done)
         rows = conn.execute(
             SQLITE_CLAIM,
-            (owner, sqlite_time(now + datetime.timedelta(seconds=60)), sqlite_time(now), TASK_NAME, batch),
+            (
+                owner,
+                sqlite_time(now + datetime.timedelta(seconds=60)),
+                sqlite_time(now),
+                TASK_NAME,
+                batch,
+            ),
         ).fetchall()
         conn.execute("COMMIT")
         if not rows:
@@ -80,7 +86,13 @@ def run_postgresql(url: str, batch: int) -> int:
                     cur.executemany(PG_DELETE, done)
                 cur.execute(
                     PG_CLAIM,
-                    (owner, now + datetime.timedelta(seconds=60), now, TASK_NAME, batch),
+                    (
+                        owner,
+                        now + datetime.timedelta(seconds=60),
+                        now,
+                        TASK_NAME,
+                        batch,
+                    ),
                 )
                 rows = cur.fetchall()
             conn.commit()

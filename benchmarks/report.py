@@ -35,25 +35,52 @@ def machine() -> dict[str, t.Any]:
     except OSError:
         pass
     versions = {}
-    for dist in ("flask-plainqueue", "Flask", "Flask-SQLAlchemy", "SQLAlchemy", "psycopg",
-                 "huey", "procrastinate", "pgqueuer"):
+    for dist in (
+        "flask-plainqueue",
+        "Flask",
+        "Flask-SQLAlchemy",
+        "SQLAlchemy",
+        "psycopg",
+        "huey",
+        "procrastinate",
+        "pgqueuer",
+    ):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = "not installed"
     pg_version = "?"
     try:
-        pg_version = subprocess.run(
-            ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-Atc",
-             "show server_version"],
-            capture_output=True, text=True, timeout=5,
-        ).stdout.strip() or "not reachable"
+        pg_version = (
+            subprocess.run(
+                [
+                    "psql",
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-Atc",
+                    "show server_version",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+            or "not reachable"
+        )
     except (OSError, subprocess.SubprocessError):
         pg_version = "psql not available"
     fs = "?"
     try:
-        fs = subprocess.run(["df", "-T", "/tmp"], capture_output=True, text=True, timeout=5
-                            ).stdout.splitlines()[1].split()[1]
+        fs = (
+            subprocess.run(
+                ["df", "-T", "/tmp"], capture_output=True, text=True, timeout=5
+            )
+            .stdout.splitlines()[1]
+            .split()[1]
+        )
     except (OSError, subprocess.SubprocessError, IndexError):
         pass
     return {
@@ -91,7 +118,9 @@ def rows(data: dict[str, t.Any]) -> list[Row]:
         for c in s["contenders"]:
             label = c["label"]
             runs = [r for r in s["runs"].get(label, []) if "error" not in r]
-            prim = {r["round"]: r for r in s["runs"].get(primary, []) if "error" not in r}
+            prim = {
+                r["round"]: r for r in s["runs"].get(primary, []) if "error" not in r
+            }
             for metric in s["metrics"]:
                 values = [r[metric] for r in runs if metric in r]
                 ratios = []
@@ -139,76 +168,146 @@ class Target:
 OURS = "flask-plainqueue"
 
 
-def _value(rows_by: dict[tuple[str, str, str], Row], key: str, label: str, metric: str) -> float | None:
+def _value(
+    rows_by: dict[tuple[str, str, str], Row], key: str, label: str, metric: str
+) -> float | None:
     row = rows_by.get((key, label, metric))
     return row.median if row and row.values else None
 
 
-def _at_least(key: str, label: str, metric: str, bound: float, unit: str) -> t.Callable[..., tuple[str, bool | None]]:
+def _at_least(
+    key: str, label: str, metric: str, bound: float, unit: str
+) -> t.Callable[..., tuple[str, bool | None]]:
     def check(by: dict[tuple[str, str, str], Row]) -> tuple[str, bool | None]:
         v = _value(by, key, label, metric)
         return ("not measured", None) if v is None else (f"{fmt(v)} {unit}", v >= bound)
+
     return check
 
 
-def _at_most(key: str, label: str, metric: str, bound: float, unit: str) -> t.Callable[..., tuple[str, bool | None]]:
+def _at_most(
+    key: str, label: str, metric: str, bound: float, unit: str
+) -> t.Callable[..., tuple[str, bool | None]]:
     def check(by: dict[tuple[str, str, str], Row]) -> tuple[str, bool | None]:
         v = _value(by, key, label, metric)
         return ("not measured", None) if v is None else (f"{fmt(v)} {unit}", v <= bound)
+
     return check
 
 
-def _ratio(key: str, label: str, metric: str, bound: float, what: str) -> t.Callable[..., tuple[str, bool | None]]:
+def _ratio(
+    key: str, label: str, metric: str, bound: float, what: str
+) -> t.Callable[..., tuple[str, bool | None]]:
     def check(by: dict[tuple[str, str, str], Row]) -> tuple[str, bool | None]:
         row = by.get((key, label, metric))
         if row is None or not row.ratios:
             return "not measured", None
         r = statistics.median(row.ratios)
         return f"{r:.2f}× {what}", r >= bound
+
     return check
 
 
-def _both(*checks: t.Callable[..., tuple[str, bool | None]]) -> t.Callable[..., tuple[str, bool | None]]:
+def _both(
+    *checks: t.Callable[..., tuple[str, bool | None]],
+) -> t.Callable[..., tuple[str, bool | None]]:
     def check(by: dict[tuple[str, str, str], Row]) -> tuple[str, bool | None]:
         parts = [c(by) for c in checks]
         oks = [ok for _, ok in parts]
         ok = None if any(o is None for o in oks) else all(oks)
         return "; ".join(text for text, _ in parts), ok
+
     return check
 
 
 HUEY_FULL = "Huey SqliteStorage, synchronous=FULL (its default)"
 TARGETS = (
-    Target("processing, batch 100, 1 process (SQLite)", "≥ 25,000/s and ≥ 10× Huey",
-           _both(_at_least("process-b100", OURS, "rate", 25_000, "tasks/s"),
-                 _ratio("process-b100", f"{HUEY_FULL}, 1 thread worker (no batches)", "rate", 10,
-                        "Huey (FULL)"))),
-    Target("processing, batch 1 (SQLite)", "≥ 0.7× raw sqlite3 in the same run",
-           _ratio("process-b1", "raw sqlite3 claim/delete loop", "rate", 0.7, "raw")),
-    Target("`perform` one by one (SQLite)", "≥ 5,000/s",
-           _at_least("enqueue-one", OURS, "rate", 5_000, "tasks/s")),
-    Target("`perform_many` (SQLite)", "≥ 80,000/s",
-           _at_least("enqueue-many", OURS, "rate", 80_000, "tasks/s")),
-    Target("embedded pickup p50 (SQLite)", "≤ 2 ms",
-           _at_most("latency-embedded", f"{OURS}, embedded worker thread", "p50_ms", 2, "ms")),
-    Target("cross-process pickup p50 (SQLite)", "≤ 15 ms at ≤ 1% idle CPU",
-           _both(_at_most("latency-process", f"{OURS}, `flask queue work`", "p50_ms", 15, "ms"),
-                 _at_most("idle-sqlite", f"{OURS}, `flask queue work`", "cpu_pct", 1, "% idle CPU"))),
-    Target("processing, batch 100, 1 process (PostgreSQL)", "≥ 10,000/s",
-           _at_least("process-pg-b100", OURS, "rate", 10_000, "tasks/s")),
-    Target("pickup p50 (PostgreSQL)", "≤ 5 ms",
-           _at_most("latency-pg", f"{OURS}, `flask queue work`", "p50_ms", 5, "ms")),
-    Target("worker RSS", "≤ 60 MiB, flat",
-           _both(_at_most("memory", f"{OURS}, batch_size=100", "rss_end_mib", 60, "MiB at end"),
-                 _at_most("memory", f"{OURS}, batch_size=100", "rss_growth_mib", 5, "MiB growth"))),
-    Target("1M waiting vs 1k waiting (batch 100)", "≥ 0.8×",
-           lambda by: _scale_check(by, "scale-b100")),
-    Target("1M waiting vs 1k waiting (batch 1)", "≥ 0.8×",
-           lambda by: _scale_check(by, "scale-b1")),
+    Target(
+        "processing, batch 100, 1 process (SQLite)",
+        "≥ 25,000/s and ≥ 10× Huey",
+        _both(
+            _at_least("process-b100", OURS, "rate", 25_000, "tasks/s"),
+            _ratio(
+                "process-b100",
+                f"{HUEY_FULL}, 1 thread worker (no batches)",
+                "rate",
+                10,
+                "Huey (FULL)",
+            ),
+        ),
+    ),
+    Target(
+        "processing, batch 1 (SQLite)",
+        "≥ 0.7× raw sqlite3 in the same run",
+        _ratio("process-b1", "raw sqlite3 claim/delete loop", "rate", 0.7, "raw"),
+    ),
+    Target(
+        "`perform` one by one (SQLite)",
+        "≥ 5,000/s",
+        _at_least("enqueue-one", OURS, "rate", 5_000, "tasks/s"),
+    ),
+    Target(
+        "`perform_many` (SQLite)",
+        "≥ 80,000/s",
+        _at_least("enqueue-many", OURS, "rate", 80_000, "tasks/s"),
+    ),
+    Target(
+        "embedded pickup p50 (SQLite)",
+        "≤ 2 ms",
+        _at_most(
+            "latency-embedded", f"{OURS}, embedded worker thread", "p50_ms", 2, "ms"
+        ),
+    ),
+    Target(
+        "cross-process pickup p50 (SQLite)",
+        "≤ 15 ms at ≤ 1% idle CPU",
+        _both(
+            _at_most(
+                "latency-process", f"{OURS}, `flask queue work`", "p50_ms", 15, "ms"
+            ),
+            _at_most(
+                "idle-sqlite", f"{OURS}, `flask queue work`", "cpu_pct", 1, "% idle CPU"
+            ),
+        ),
+    ),
+    Target(
+        "processing, batch 100, 1 process (PostgreSQL)",
+        "≥ 10,000/s",
+        _at_least("process-pg-b100", OURS, "rate", 10_000, "tasks/s"),
+    ),
+    Target(
+        "pickup p50 (PostgreSQL)",
+        "≤ 5 ms",
+        _at_most("latency-pg", f"{OURS}, `flask queue work`", "p50_ms", 5, "ms"),
+    ),
+    Target(
+        "worker RSS",
+        "≤ 60 MiB, flat",
+        _both(
+            _at_most(
+                "memory", f"{OURS}, batch_size=100", "rss_end_mib", 60, "MiB at end"
+            ),
+            _at_most(
+                "memory", f"{OURS}, batch_size=100", "rss_growth_mib", 5, "MiB growth"
+            ),
+        ),
+    ),
+    Target(
+        "1M waiting vs 1k waiting (batch 100)",
+        "≥ 0.8×",
+        lambda by: _scale_check(by, "scale-b100"),
+    ),
+    Target(
+        "1M waiting vs 1k waiting (batch 1)",
+        "≥ 0.8×",
+        lambda by: _scale_check(by, "scale-b1"),
+    ),
 )
 
 
-def _scale_check(by: dict[tuple[str, str, str], Row], key: str) -> tuple[str, bool | None]:
+def _scale_check(
+    by: dict[tuple[str, str, str], Row], key: str
+) -> tuple[str, bool | None]:
     for (k, _label, metric), row in by.items():
         if k == key and metric == "rate" and row.ratios:
             r = statistics.median(row.ratios)
@@ -232,14 +331,23 @@ def _header(data: dict[str, t.Any]) -> list[tuple[str, str]]:
     return [
         ("Run", f"{data['started']} UTC, {data['duration_s'] / 60:.1f} min"),
         ("Command", f"``{data['command']}``"),
-        ("Settings", f"N={s['n']:,}, {s['rounds']} rounds, memory N={s['mem_n']:,},"
-                     f" scale {s['scale_waiting']:,} waiting, latency samples={s['samples']},"
-                     f" idle {s['idle_seconds']:g} s"),
-        ("Machine", f"{m['cpu']}, {m['cores']} cores, {m['memory']} RAM, {m['os']},"
-                    f" /tmp on {m['tmp_filesystem']}; load average at start "
-                    + ", ".join(f"{x:.2f}" for x in m["load_average_at_start"])),
-        ("Software", f"Python {m['python']}, SQLite {m['sqlite']}, PostgreSQL {m['postgresql']}; "
-                     + ", ".join(f"{k} {val}" for k, val in v.items())),
+        (
+            "Settings",
+            f"N={s['n']:,}, {s['rounds']} rounds, memory N={s['mem_n']:,},"
+            f" scale {s['scale_waiting']:,} waiting, latency samples={s['samples']},"
+            f" idle {s['idle_seconds']:g} s",
+        ),
+        (
+            "Machine",
+            f"{m['cpu']}, {m['cores']} cores, {m['memory']} RAM, {m['os']},"
+            f" /tmp on {m['tmp_filesystem']}; load average at start "
+            + ", ".join(f"{x:.2f}" for x in m["load_average_at_start"]),
+        ),
+        (
+            "Software",
+            f"Python {m['python']}, SQLite {m['sqlite']}, PostgreSQL {m['postgresql']}; "
+            + ", ".join(f"{k} {val}" for k, val in v.items()),
+        ),
         *([("Note", data["note"])] if data.get("note") else []),
     ]
 
@@ -250,48 +358,95 @@ def build(data: dict[str, t.Any]) -> Tables:
     md: list[str] = ["# flask-plainqueue benchmarks", ""]
     for k, v in _header(data):
         md.append(f"- **{k}**: {v.replace('``', '`')}")
-    md += ["", "Median of the rounds, min–max in brackets; the ratio is taken per round"
-           " (first contender of the scenario / this one, so > 1 means the first is"
-           " faster for tasks/s and slower for ms, % and MiB) and summarised the same way.", ""]
+    md += [
+        "",
+        "Median of the rounds, min–max in brackets; the ratio is taken per round"
+        " (first contender of the scenario / this one, so > 1 means the first is"
+        " faster for tasks/s and slower for ms, % and MiB) and summarised the same way.",
+        "",
+    ]
     rst: list[str] = [".. list-table:: Run", "   :widths: 15 85", ""]
     for k, v in _header(data):
         rst += [f"   * - {k}", f"     - {v}"]
     rst.append("")
 
-    md += ["## Targets (issue 6)", "", "| target | goal | measured | met |", "|---|---|---|---|"]
-    rst += [".. list-table:: Targets (issue 6)", "   :header-rows: 1", "",
-            "   * - target", "     - goal", "     - measured", "     - met"]
+    md += [
+        "## Targets (issue 6)",
+        "",
+        "| target | goal | measured | met |",
+        "|---|---|---|---|",
+    ]
+    rst += [
+        ".. list-table:: Targets (issue 6)",
+        "   :header-rows: 1",
+        "",
+        "   * - target",
+        "     - goal",
+        "     - measured",
+        "     - met",
+    ]
     for target in TARGETS:
         text, ok = target.check(by)
         mark = "–" if ok is None else ("yes" if ok else "**no**")
         md.append(f"| {target.what} | {target.goal} | {text} | {mark} |")
-        rst += [f"   * - {_rst(target.what)}", f"     - {target.goal}", f"     - {_rst(text)}",
-                f"     - {'–' if ok is None else ('yes' if ok else '**no**')}"]
+        rst += [
+            f"   * - {_rst(target.what)}",
+            f"     - {target.goal}",
+            f"     - {_rst(text)}",
+            f"     - {'–' if ok is None else ('yes' if ok else '**no**')}",
+        ]
     md.append("")
     rst.append("")
 
     for s in data["scenarios"]:
         md += [f"## {s['title']}", ""]
-        rst += [f".. list-table:: {_rst(s['title'])}", "   :header-rows: 1", "   :widths: 40 15 20 25", "",
-                "   * - contender", "     - median", "     - min–max", "     - ratio (first / this)"]
-        md += ["| contender | metric | median | min–max | ratio first/this | rounds |",
-               "|---|---|---:|---:|---:|---:|"]
+        rst += [
+            f".. list-table:: {_rst(s['title'])}",
+            "   :header-rows: 1",
+            "   :widths: 40 15 20 25",
+            "",
+            "   * - contender",
+            "     - median",
+            "     - min–max",
+            "     - ratio (first / this)",
+        ]
+        md += [
+            "| contender | metric | median | min–max | ratio first/this | rounds |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
         for c in s["contenders"]:
             for metric in s["metrics"]:
                 row = by[(s["key"], c["label"], metric)]
                 unit = METRICS[metric][0]
-                label = c["label"] + (" *(reference)*" if c["kind"] == "reference" else "")
+                label = c["label"] + (
+                    " *(reference)*" if c["kind"] == "reference" else ""
+                )
                 if c["label"] in s["skipped"]:
-                    md.append(f"| {label} | {unit} | skipped: {s['skipped'][c['label']]} | | | 0 |")
-                    rst += [f"   * - {_rst(label)} ({unit})", f"     - skipped: {_rst(s['skipped'][c['label']])}",
-                            "     -", "     -"]
+                    md.append(
+                        f"| {label} | {unit} | skipped: {s['skipped'][c['label']]} | | | 0 |"
+                    )
+                    rst += [
+                        f"   * - {_rst(label)} ({unit})",
+                        f"     - skipped: {_rst(s['skipped'][c['label']])}",
+                        "     -",
+                        "     -",
+                    ]
                     continue
-                errors = [r["error"] for r in s["runs"].get(c["label"], []) if "error" in r]
-                md.append(f"| {label} | {unit} | {fmt(row.median)} | {spread(row.values)} |"
-                          f" {ratio_cell(row)} | {len(row.values)}"
-                          + (f" ({len(errors)} failed)" if errors else "") + " |")
-                rst += [f"   * - {_rst(label)} ({unit})", f"     - {fmt(row.median)}",
-                        f"     - {spread(row.values)}", f"     - {ratio_cell(row) or '–'}"]
+                errors = [
+                    r["error"] for r in s["runs"].get(c["label"], []) if "error" in r
+                ]
+                md.append(
+                    f"| {label} | {unit} | {fmt(row.median)} | {spread(row.values)} |"
+                    f" {ratio_cell(row)} | {len(row.values)}"
+                    + (f" ({len(errors)} failed)" if errors else "")
+                    + " |"
+                )
+                rst += [
+                    f"   * - {_rst(label)} ({unit})",
+                    f"     - {fmt(row.median)}",
+                    f"     - {spread(row.values)}",
+                    f"     - {ratio_cell(row) or '–'}",
+                ]
         extras = _extras(s)
         if s.get("note") or extras:
             md += ["", " ".join(filter(None, [s.get("note", ""), extras]))]
@@ -312,7 +467,12 @@ def _extras(s: dict[str, t.Any]) -> str:
 
 
 def _rst(text: str) -> str:
-    return text.replace("`", "``").replace("````", "``").replace("*", "\\*").replace("|", "\\|")
+    return (
+        text.replace("`", "``")
+        .replace("````", "``")
+        .replace("*", "\\*")
+        .replace("|", "\\|")
+    )
 
 
 def chart(data: dict[str, t.Any], path: Path) -> None:
@@ -325,16 +485,19 @@ def chart(data: dict[str, t.Any], path: Path) -> None:
         (s, metric)
         for s in data["scenarios"]
         for metric in s["metrics"]
-        if metric != "rss_growth_mib" and any(s["runs"].get(c["label"]) for c in s["contenders"])
+        if metric != "rss_growth_mib"
+        and any(s["runs"].get(c["label"]) for c in s["contenders"])
     ]
     if not panels:
         return
     all_rows = {(r.scenario["key"], r.label, r.metric): r for r in rows(data)}
     cols = 2
     nrows = (len(panels) + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(15, 2.3 * nrows + 0.8), squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, cols, figsize=(15, 2.3 * nrows + 0.8), squeeze=False
+    )
     colors = {"ours": "#2563eb", "peer": "#f59e0b", "reference": "#9ca3af"}
-    for ax, (s, metric) in zip(axes.flat, panels):
+    for ax, (s, metric) in zip(axes.flat, panels, strict=False):
         labels, medians, lo, hi, cols_ = [], [], [], [], []
         for c in s["contenders"]:
             row = all_rows[(s["key"], c["label"], metric)]
@@ -349,18 +512,30 @@ def chart(data: dict[str, t.Any], path: Path) -> None:
         ax.barh(y, medians, xerr=[lo, hi], color=cols_, capsize=3)
         ax.set_yticks(y, labels, fontsize=7)
         unit, higher = METRICS[metric]
-        ax.set_title(f"{_wrap(s['title'], 80)}\n{unit} ({'higher' if higher else 'lower'} is better)",
-                     fontsize=8)
+        ax.set_title(
+            f"{_wrap(s['title'], 80)}\n{unit} ({'higher' if higher else 'lower'} is better)",
+            fontsize=8,
+        )
         ax.tick_params(axis="x", labelsize=7)
-        for yi, m, h in zip(y, medians, hi):
+        for yi, m, h in zip(y, medians, hi, strict=False):
             ax.text(m + h, yi, f" {fmt(m)}", va="center", fontsize=7)
-        ax.set_xlim(0, max(m + h for m, h in zip(medians, hi)) * 1.25 if medians else 1)
-    for ax in list(axes.flat)[len(panels):]:
+        ax.set_xlim(
+            0,
+            max(m + h for m, h in zip(medians, hi, strict=False)) * 1.25
+            if medians
+            else 1,
+        )
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    stamp = datetime.datetime.fromisoformat(data["started"]).strftime("%Y-%m-%d %H:%M UTC")
-    fig.suptitle(f"flask-plainqueue benchmarks, {stamp}: median and min–max of"
-                 f" {data['settings']['rounds']} rounds (blue: ours, orange: peers, grey: raw"
-                 " reference)", fontsize=10)
+    stamp = datetime.datetime.fromisoformat(data["started"]).strftime(
+        "%Y-%m-%d %H:%M UTC"
+    )
+    fig.suptitle(
+        f"flask-plainqueue benchmarks, {stamp}: median and min–max of"
+        f" {data['settings']['rounds']} rounds (blue: ours, orange: peers, grey: raw"
+        " reference)",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.99))
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -28,7 +28,9 @@ def _benchmarks_importable(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def run_suite(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(ROOT), env.get("PYTHONPATH")])
+    )
     return subprocess.run(
         [sys.executable, "-m", "benchmarks", "--out", str(out), *args],
         cwd=ROOT,
@@ -45,15 +47,24 @@ def test_whole_suite_with_tiny_n(tmp_path: Path) -> None:
     out = tmp_path / "report"
     proc = run_suite(
         out,
-        "--n", "40",
-        "--rounds", "1",
-        "--samples", "2",
-        "--idle-seconds", "0.3",
-        "--mem-n", "200",
-        "--scale-waiting", "400",
-        "--scale-take", "50",
-        "--pg-url", os.environ.get("TEST_POSTGRESQL_URL", ""),
-        "--note", "smoke test",
+        "--n",
+        "40",
+        "--rounds",
+        "1",
+        "--samples",
+        "2",
+        "--idle-seconds",
+        "0.3",
+        "--mem-n",
+        "200",
+        "--scale-waiting",
+        "400",
+        "--scale-take",
+        "50",
+        "--pg-url",
+        os.environ.get("TEST_POSTGRESQL_URL", ""),
+        "--note",
+        "smoke test",
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     data = json.loads((out / "results.json").read_text())
@@ -74,7 +85,10 @@ def test_whole_suite_with_tiny_n(tmp_path: Path) -> None:
             assert result[metric] >= 0, (scenario["key"], metric)
         for contender in scenario["contenders"]:
             label = contender["label"]
-            assert scenario["runs"][label] or label in scenario["skipped"], (scenario["key"], label)
+            assert scenario["runs"][label] or label in scenario["skipped"], (
+                scenario["key"],
+                label,
+            )
     markdown = (out / "results.md").read_text()
     for scenario in data["scenarios"]:
         assert f"## {scenario['title']}" in markdown
@@ -95,7 +109,11 @@ def _check_rst(text: str) -> None:
     docutils_core = pytest.importorskip("docutils.core")
     doctree = docutils_core.publish_doctree(
         text,
-        settings_overrides={"report_level": 2, "halt_level": 5, "warning_stream": False},
+        settings_overrides={
+            "report_level": 2,
+            "halt_level": 5,
+            "warning_stream": False,
+        },
     )
     messages = [n for n in doctree.findall() if n.tagname == "system_message"]
     assert not messages, [m.astext() for m in messages]
@@ -113,9 +131,17 @@ def test_ratio_is_taken_per_round() -> None:
     data = {
         "scenarios": [
             {
-                "key": "k", "case": "process", "title": "t", "metrics": ["rate"],
-                "primary": "ours", "note": "", "skipped": {},
-                "contenders": [{"label": "ours", "kind": "ours"}, {"label": "peer", "kind": "peer"}],
+                "key": "k",
+                "case": "process",
+                "title": "t",
+                "metrics": ["rate"],
+                "primary": "ours",
+                "note": "",
+                "skipped": {},
+                "contenders": [
+                    {"label": "ours", "kind": "ours"},
+                    {"label": "peer", "kind": "peer"},
+                ],
                 "runs": {
                     "ours": [{"rate": 10.0, "round": 0}, {"rate": 30.0, "round": 1}],
                     "peer": [{"rate": 5.0, "round": 0}, {"error": "x", "round": 1}],
