@@ -49,29 +49,30 @@ def copy_plainweb_tasks(source_table: str = "tasks") -> int:
     drop the old table."""
     old = sa.Table(source_table, sa.MetaData(), autoload_with=db.engine)
     now = datetime.datetime.now(UTC)
-    count = 0
+    rows = []
     for row in db.session.execute(sa.select(old)).mappings():
         failed_nr = row["failed_nr"] or 0
         try:
             dead = failed_nr > queue.registry.get(row["name"]).options.max_retries
         except UnknownTask:
             dead = False  # a task this code does not define: keep it waiting
-        db.session.add(
-            queue.Task(
-                name=row["name"],
-                data=row["data"],  # already JSON text
-                created=_from_ms(row["created"]),
-                run_at=now,
-                status="dead" if dead else "queued",
-                attempts=failed_nr,
-                failed_nr=failed_nr,
-                failed_last=_from_ms(row["failed_last"]),
-                failed_error=row["failed_error"],
-            )
+        rows.append(
+            {
+                "name": row["name"],
+                "data": row["data"],  # already JSON text
+                "created": _from_ms(row["created"]),
+                "run_at": now,
+                "status": "dead" if dead else "queued",
+                "attempts": failed_nr,
+                "failed_nr": failed_nr,
+                "failed_last": _from_ms(row["failed_last"]),
+                "failed_error": row["failed_error"],
+            }
         )
-        count += 1
+    if rows:
+        db.session.execute(sa.insert(queue.Task), rows)
     db.session.commit()
-    return count
+    return len(rows)
 
 
 # [/copy]
