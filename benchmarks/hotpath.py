@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run() -> int:
         if args.mode == "drain":
-            return worker.drain()
+            return int(worker.drain())
         if args.mode == "claim":
             outcomes, done = Outcomes(), 0
             while True:
@@ -108,14 +108,14 @@ def main(argv: list[str] | None = None) -> int:
                 outcomes.clear()
                 done += len(tasks)
             return done
-        items = [{"i": i} for i in range(args.n)]
+        items: list[t.Any] = [{"i": i} for i in range(args.n)]
         with app.app_context():
             if args.mode == "perform":
                 for item in items:
                     queue.perform("bench_task", item)
             else:
                 queue.perform_many("bench_task", items)
-        return args.n
+        return int(args.n)
 
     profiler: t.Any = None
     if args.pyinstrument:

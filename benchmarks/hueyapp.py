@@ -14,11 +14,11 @@ import threading
 import time
 import typing as t
 
-from huey import Huey
-from huey.storage import SqliteStorage
+from huey import Huey  # type: ignore[import-untyped]
+from huey.storage import SqliteStorage  # type: ignore[import-untyped]
 
 
-class NormalSyncSqliteStorage(SqliteStorage):
+class NormalSyncSqliteStorage(SqliteStorage):  # type: ignore[misc]
     """Huey's storage with ``PRAGMA synchronous = NORMAL`` (as ours by default)."""
 
     def _create_connection(self) -> t.Any:
@@ -63,7 +63,7 @@ def _counted() -> None:
 
 if _kind == "latency":
 
-    @huey.task(name="bench_task")
+    @huey.task(name="bench_task")  # type: ignore[untyped-decorator]
     def bench_task(i: int) -> None:
         started = time.monotonic()
         _udp.sendto(f"{i} {started!r}".encode(), ("127.0.0.1", _udp_port))
@@ -80,7 +80,7 @@ elif _kind == "account":
     )
     db.init_app(flask_app)
 
-    @huey.task(name="bench_task")
+    @huey.task(name="bench_task")  # type: ignore[untyped-decorator]
     def bench_task(i: int) -> None:
         # How a Flask app uses Huey: an app context per task, the app's db.session.
         with flask_app.app_context():
@@ -93,6 +93,6 @@ elif _kind == "account":
 
 else:
 
-    @huey.task(name="bench_task")
+    @huey.task(name="bench_task")  # type: ignore[untyped-decorator]
     def bench_task(i: int) -> None:
         _counted()

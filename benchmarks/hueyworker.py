@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from huey.consumer import Consumer
+from huey.consumer import Consumer  # type: ignore[import-untyped]
 
 from .common import Barrier
 from .common import rss_mib

@@ -17,7 +17,7 @@ from .impl_ours import measure_idle_cpu
 
 def _configure(workdir: Path, sync: str, **extra: t.Any) -> dict[str, str]:
     try:
-        import huey  # noqa: F401
+        import huey  # type: ignore[import-untyped] # noqa: F401
     except ImportError as exc:
         raise Skip(f"huey is not installed: {exc}") from None
     values = {

@@ -129,7 +129,7 @@ def enqueue(
 
     with _database(workdir, engine, pg_url) as uri:
         app = _app(uri, BENCH_TASK="noop")
-        items = [{"i": i} for i in range(n)]
+        items: list[t.Any] = [{"i": i} for i in range(n)]
         with app.app_context():
             ourapp.queue.perform("bench_task", {"warm": True})
             start = time.perf_counter()
@@ -179,11 +179,13 @@ def process(
                 )
                 ourapp.db.session.commit()
 
-            def data(i):
+            def data(i: int) -> t.Any:
                 return {"account": i % accounts}
+
+            fill_data: t.Callable[[int], t.Any] | None = data
         else:
-            data = None
-        _fill(app, uri, n, data)
+            fill_data = None
+        _fill(app, uri, n, fill_data)
         env_extra: dict[str, t.Any] = {
             "BENCH_TASK": task,
             "BENCH_BATCH": batch,
@@ -385,7 +387,7 @@ def scale(
         os.fsync(fd)
     finally:
         os.close(fd)
-    start, results = _run_workers(
+    began, results = _run_workers(
         workdir,
         uri,
         processes=1,
@@ -406,7 +408,7 @@ def scale(
         )
     return {
         "rate": (take - take // 5) / (stopped - warm),
-        "cold_rate": take / (stopped - start),
+        "cold_rate": take / (stopped - began),
     }
 
 

@@ -24,7 +24,7 @@ def _need(module: str) -> None:
 
 
 async def _pgqueuer_queries(url: str) -> t.Any:
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
     from pgqueuer.db import AsyncpgDriver
     from pgqueuer.queries import Queries
 

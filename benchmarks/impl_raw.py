@@ -140,9 +140,9 @@ def insert(
                     conn.execute(sql, _row(i, datetime.datetime.now(UTC)))
                     conn.commit()
             else:
-                now = datetime.datetime.now(UTC)
+                pg_now = datetime.datetime.now(UTC)
                 with conn.cursor() as cur:
-                    cur.executemany(sql, [_row(i, now) for i in range(n)])
+                    cur.executemany(sql, [_row(i, pg_now) for i in range(n)])
                 conn.commit()
             elapsed = time.perf_counter() - start
         return {"rate": n / elapsed}

@@ -41,7 +41,7 @@ class Counter:
 
 
 async def run_pgqueuer(url: str, barrier: Barrier, counter: Counter) -> None:
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
     from pgqueuer import QueueManager
     from pgqueuer.db import AsyncpgDriver
     from pgqueuer.queries import Queries
