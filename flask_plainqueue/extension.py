@@ -28,7 +28,7 @@ from .exceptions import ConfigurationError
 from .models import build_periodic_table
 from .models import build_task_model
 from .models import TaskModel
-from .storage import configure_sqlite_engine
+from .sqlite import configure_sqlite_engine
 from .storage import Storage
 from .tasks import import_task_modules
 from .tasks import JSONValue

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -26,6 +25,7 @@ from sqlalchemy.orm import Session
 from .exceptions import TaskDataError
 from .models import STATUS_DEAD
 from .models import STATUS_QUEUED
+from .sqlite import HotPath
 
 logger = logging.getLogger(__name__)
 
@@ -99,33 +99,6 @@ class Outcomes:
         self.failed.clear()
 
 
-def configure_sqlite_engine(
-    engine: Engine, *, synchronous: str, busy_timeout: float
-) -> None:
-    """Set WAL, ``synchronous`` and a busy timeout on every new SQLite connection
-    of ``engine``.
-
-    Only the pragmas are set: how the app's own sessions begin transactions is
-    left alone, and the queue takes the write lock up front
-    (``BEGIN IMMEDIATE``) only in its own write transactions.
-    """
-    timeout_ms = int(busy_timeout * 1000)
-
-    def on_connect(dbapi_connection: t.Any, connection_record: object) -> None:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(f"PRAGMA busy_timeout = {timeout_ms}")
-            cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute(f"PRAGMA synchronous = {synchronous}")
-        finally:
-            cursor.close()
-
-    if not event.contains(engine, "connect", on_connect):
-        event.listen(engine, "connect", on_connect)
-    # Connections opened before the listener existed would miss the pragmas.
-    engine.dispose(close=False)
-
-
 class Storage:
     """The queue table's statements, bound to one engine.
 
@@ -165,24 +138,9 @@ class Storage:
         self._order = order
         due = sa.and_(c.status == STATUS_QUEUED, c.run_at <= sa.bindparam("now"))
         self._due = due
-        self._head = (
-            sa.select(c.name)
-            .where(due, c.name.in_(sa.bindparam("names", expanding=True)))
-            .order_by(*order)
-            .limit(1)
-        )
-        self._head_q = self._head.where(
-            c.queue.in_(sa.bindparam("queues", expanding=True))
-        )
-        ids = (
-            sa.select(c.id)
-            .where(due, c.name == sa.bindparam("p_name"))
-            .order_by(*order)
-            .limit(sa.bindparam("limit"))
-        )
-        ids_q = ids.where(c.queue.in_(sa.bindparam("queues", expanding=True)))
-        self._claim = self._claim_statement(ids)
-        self._claim_q = self._claim_statement(ids_q)
+        self._statements: dict[t.Hashable, t.Any] = {}
+        #: SQLite: the claim and plain enqueue on the driver's cursor.
+        self.hot = HotPath(self) if self.is_sqlite else None
         self._claim_one = self._claim_statement(
             sa.select(c.id).where(
                 c.id == sa.bindparam("p_id"), c.status == STATUS_QUEUED
@@ -242,6 +200,68 @@ class Storage:
             )
             .returning(c.id, c.name, c.data, c.attempts, c.failed_nr, c.priority)
         )
+
+    def _queue_filter(self, queues: int | None) -> list[sa.ColumnElement[bool]]:
+        if queues is None:
+            return []
+        params: list[sa.BindParameter[str]] = [
+            sa.bindparam(f"q{i}") for i in range(queues)
+        ]
+        return [self.table.c.queue.in_(params)]
+
+    def head_statement(
+        self, names: int, queues: int | None
+    ) -> sa.CompoundSelect[t.Any]:
+        """For each of ``names`` task names (``n0``, ``n1``, ...), its first due
+        task in claim order: one index seek per name. Scanning the claim order
+        across all names instead would walk past every due row of names this
+        worker does not know, which after a rolling deploy can be all of them."""
+        key = ("head", names, queues)
+        stmt = self._statements.get(key)
+        if stmt is None:
+            c = self.table.c
+            parts = [
+                sa.select(c.name, c.priority, c.run_at, c.id)
+                .where(
+                    self._due,
+                    c.name == sa.bindparam(f"n{i}"),
+                    *self._queue_filter(queues),
+                )
+                .order_by(*self._order)
+                .limit(1)
+                .subquery()
+                .select()
+                for i in range(names)
+            ]
+            stmt = self._statements[key] = sa.union_all(*parts)
+        return t.cast("sa.CompoundSelect[t.Any]", stmt)
+
+    def claim_statement(self, queues: int | None) -> sa.Update:
+        """Take up to ``limit`` due tasks named ``p_name`` (of queues ``q0``...)."""
+        key = ("claim", queues)
+        stmt = self._statements.get(key)
+        if stmt is None:
+            c = self.table.c
+            ids = (
+                sa.select(c.id)
+                .where(
+                    self._due,
+                    c.name == sa.bindparam("p_name"),
+                    *self._queue_filter(queues),
+                )
+                .order_by(*self._order)
+                .limit(sa.bindparam("limit"))
+            )
+            stmt = self._statements[key] = self._claim_statement(ids)
+        return t.cast(sa.Update, stmt)
+
+    @staticmethod
+    def name_params(names: Sequence[str]) -> dict[str, str]:
+        return {f"n{i}": name for i, name in enumerate(names)}
+
+    @staticmethod
+    def queue_params(queues: Sequence[str] | None) -> dict[str, str]:
+        return {f"q{i}": queue for i, queue in enumerate(queues or ())}
 
     def _upsert(self, table: sa.Table) -> t.Any:
         """The dialect's ``INSERT`` that has ``on_conflict_do_nothing``."""
@@ -360,10 +380,17 @@ class Storage:
         one ``UPDATE ... RETURNING``. Both happen in the one write transaction that
         also settles the previous batch, so a busy worker commits once per batch.
         """
-        with self.write() as conn:
-            if outcomes:
-                self._settle(conn, owner, outcomes, now)
-            rows = self._claim_rows(conn, owner, names, batch_sizes, now, until, queues)
+        if self.hot is not None:
+            rows: Sequence[t.Any] = self.hot.claim(
+                owner, names, batch_sizes, now, until, queues, outcomes
+            )
+        else:
+            with self.write() as conn:
+                if outcomes:
+                    self._settle(conn, owner, outcomes, now)
+                rows = self._claim_rows(
+                    conn, owner, names, batch_sizes, now, until, queues
+                )
         if outcomes:
             # Only once committed: a failed commit leaves them to be written again.
             outcomes.clear()
@@ -384,21 +411,19 @@ class Storage:
     ) -> Sequence[sa.Row[t.Any]]:
         if not names:
             return []
-        params: dict[str, t.Any] = {"now": now}
-        if queues is not None:
-            params["queues"] = list(queues)
+        params: dict[str, t.Any] = {"now": now, **self.queue_params(queues)}
+        shape_q = None if queues is None else len(queues)
         if len(names) == 1:
             name = names[0]
         else:
-            params["names"] = list(names)
-            head = self._head if queues is None else self._head_q
-            head_name = conn.execute(head, params).scalar()
-            if head_name is None:
+            head = self.head_statement(len(names), shape_q)
+            heads = conn.execute(head, {**params, **self.name_params(names)}).all()
+            if not heads:
                 return []
-            name = head_name
+            # One row per name at most: the first in claim order wins.
+            name = min(heads, key=lambda r: (-r[1], r[2], r[3]))[0]
         params.update(owner=owner, until=until, p_name=name, limit=batch_sizes[name])
-        stmt = self._claim if queues is None else self._claim_q
-        return conn.execute(stmt, params).all()
+        return conn.execute(self.claim_statement(shape_q), params).all()
 
     def claim_id(
         self, *, owner: str, task_id: int, until: datetime.datetime
@@ -421,31 +446,44 @@ class Storage:
     def _settle(
         self, conn: Connection, owner: str, outcomes: Outcomes, now: datetime.datetime
     ) -> None:
+        for stmt, rows in self.settle_params(owner, outcomes, now):
+            conn.execute(stmt, rows)
+
+    def settle_params(
+        self, owner: str, outcomes: Outcomes, now: datetime.datetime
+    ) -> list[tuple[t.Any, list[dict[str, t.Any]]]]:
+        """The statements that write ``outcomes``, each with its parameter sets."""
+        writes: list[tuple[t.Any, list[dict[str, t.Any]]]] = []
         if outcomes.completed:
-            conn.execute(
-                self._delete_owned,
-                [
-                    {"b_id": i, "b_attempts": a, "owner": owner}
-                    for i, a in outcomes.completed
-                ],
+            writes.append(
+                (
+                    self._delete_owned,
+                    [
+                        {"b_id": i, "b_attempts": a, "owner": owner}
+                        for i, a in outcomes.completed
+                    ],
+                )
             )
         if outcomes.failed:
-            conn.execute(
-                self._fail,
-                [
-                    {
-                        "b_id": f.id,
-                        "b_attempts": f.attempts,
-                        "owner": owner,
-                        "b_inc": 1 if f.counts else 0,
-                        "b_now": now,
-                        "b_error": f.error,
-                        "b_run_at": f.run_at,
-                        "b_status": STATUS_DEAD if f.dead else STATUS_QUEUED,
-                    }
-                    for f in outcomes.failed
-                ],
+            writes.append(
+                (
+                    self._fail,
+                    [
+                        {
+                            "b_id": f.id,
+                            "b_attempts": f.attempts,
+                            "owner": owner,
+                            "b_inc": 1 if f.counts else 0,
+                            "b_now": now,
+                            "b_error": f.error,
+                            "b_run_at": f.run_at,
+                            "b_status": STATUS_DEAD if f.dead else STATUS_QUEUED,
+                        }
+                        for f in outcomes.failed
+                    ],
+                )
             )
+        return writes
 
     def complete_in_session(
         self, session: Session, owner: str, task: ClaimedTask
@@ -495,16 +533,6 @@ class Storage:
         )
         with self.engine.connect() as conn:
             return list(conn.execute(stmt, {"now": now}).scalars())
-
-    def has_due(self, names: Sequence[str], now: datetime.datetime) -> bool:
-        """Whether a due task of one of ``names`` waits (a cheap read)."""
-        if not names:
-            return False
-        with self.engine.connect() as conn:
-            return (
-                conn.execute(self._head, {"now": now, "names": list(names)}).first()
-                is not None
-            )
 
     # -- periodic tasks and retention -----------------------------------------
 

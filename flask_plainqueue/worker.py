@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import socket
+import sqlite3
 import threading
 import time
 import typing as t
@@ -24,6 +25,7 @@ from .pool import TaskPool
 from .runner import collect
 from .runner import Outcome
 from .runner import TaskRunner
+from .sqlite import ChangeProbe
 from .storage import ClaimedTask
 from .storage import new_row
 from .storage import Outcomes
@@ -255,7 +257,7 @@ class Worker:
         wake = threading.Event()
         with self._lock:
             self._wake_events.append(wake)
-        probe = _ChangeProbe(self.storage) if self.storage.is_sqlite else None
+        probe = ChangeProbe(self.storage.engine) if self.storage.is_sqlite else None
         idle = MIN_IDLE
         try:
             while not self._stop.is_set():
@@ -361,7 +363,7 @@ class Worker:
     def _idle_wait(
         self,
         wake: threading.Event,
-        probe: _ChangeProbe | None,
+        probe: ChangeProbe | None,
         timeout: float,
         until_tick: float = math.inf,
     ) -> None:
@@ -593,52 +595,11 @@ class Worker:
 
 def _is_missing_table(exc: BaseException) -> bool:
     """Whether ``exc`` says a table does not exist (SQLite or PostgreSQL)."""
-    if not isinstance(exc, sqlalchemy.exc.DBAPIError):
-        return False
-    # PostgreSQL's SQLSTATE for undefined_table; SQLite only has the message.
-    return getattr(exc.orig, "sqlstate", None) == "42P01" or "no such table" in str(
-        exc.orig
-    )
-
-
-class _ChangeProbe:
-    """Tells whether another connection committed to the SQLite file, via
-    ``PRAGMA data_version`` on a connection of its own (microseconds, no table
-    read)."""
-
-    def __init__(self, storage: Storage) -> None:
-        self._storage = storage
-        self._conn: t.Any = None
-        self._version: int | None = None
-
-    def changed(self) -> bool:
-        try:
-            if self._conn is None:
-                self._conn = self._storage.engine.raw_connection()
-            cursor = self._conn.cursor()
-            try:
-                cursor.execute("PRAGMA data_version")
-                version = cursor.fetchone()[0]
-            finally:
-                cursor.close()
-        except Exception:
-            logger.exception("PRAGMA data_version failed; polling instead")
-            self.reset()
-            return True
-        previous, self._version = self._version, version
-        return previous is not None and version != previous
-
-    def reset(self) -> None:
-        self.close()
-        self._version = None
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                logger.debug("closing the probe connection failed", exc_info=True)
+    # The SQLite hot path raises the driver's own errors, unwrapped.
+    orig = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) else exc
+    if getattr(orig, "sqlstate", None) == "42P01":  # PostgreSQL: undefined_table
+        return True
+    return isinstance(orig, sqlite3.OperationalError) and "no such table" in str(orig)
 
 
 class WorkerThread(threading.Thread):
