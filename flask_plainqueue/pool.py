@@ -1,19 +1,63 @@
-"""The worker's task threads: a small pool of daemon threads."""
+"""The worker's task threads: a small pool of daemon threads that runs one batch
+at a time."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import queue
 import threading
 import typing as t
 from collections.abc import Callable
+from collections.abc import Sequence
 
 R = t.TypeVar("R")
 
-_Item = (
-    tuple["concurrent.futures.Future[t.Any]", Callable[..., t.Any], tuple[t.Any, ...]]
-    | None
-)
+
+class Batch(t.Generic[R]):
+    """The calls of one batch: which have finished, and their results.
+
+    One event for the whole batch, instead of a future per call: the worker only
+    needs to know when all are done (or which are not, when it stops waiting).
+    """
+
+    def __init__(self, size: int) -> None:
+        self._results: list[R | None] = [None] * size
+        self._errors: list[BaseException | None] = [None] * size
+        self._finished = [False] * size
+        self._left = size
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        if not size:
+            self._done.set()
+
+    def _finish(
+        self, index: int, result: R | None, error: BaseException | None
+    ) -> None:
+        self._results[index] = result
+        self._errors[index] = error
+        with self._lock:
+            self._finished[index] = True
+            self._left -= 1
+            if not self._left:
+                self._done.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds for every call; return whether all ended."""
+        return self._done.wait(timeout)
+
+    def finished(self) -> list[int]:
+        """Indexes of the calls that have ended."""
+        with self._lock:
+            return [i for i, done in enumerate(self._finished) if done]
+
+    def result(self, index: int) -> R:
+        """The result of an ended call (its exception is raised here)."""
+        error = self._errors[index]
+        if error is not None:
+            raise error
+        return t.cast(R, self._results[index])
+
+
+_Item = tuple[Batch[t.Any], int, Callable[..., t.Any], tuple[t.Any, ...]] | None
 
 
 class TaskPool:
@@ -29,24 +73,26 @@ class TaskPool:
     def __init__(self, max_workers: int, name: str) -> None:
         self._max_workers = max_workers
         self._name = name
-        self._queue: queue.Queue[_Item] = queue.Queue()
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._idle = threading.Semaphore(0)
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._shut = False
 
-    def submit(
-        self, fn: Callable[..., R], /, *args: t.Any
-    ) -> concurrent.futures.Future[R]:
-        """Run ``fn(*args)`` on a pool thread; its result arrives in the future."""
+    def run_batch(
+        self, fn: Callable[..., R], calls: Sequence[tuple[t.Any, ...]]
+    ) -> Batch[R]:
+        """Start ``fn(*args)`` for each ``args`` of ``calls`` at once, each on a
+        thread of its own (up to the pool's size)."""
         if self._shut:
             raise RuntimeError("the task pool is shut down")
-        future: concurrent.futures.Future[R] = concurrent.futures.Future()
-        self._queue.put((future, fn, args))
-        # Reuse an idle thread if there is one, else start another (up to the max).
-        if not self._idle.acquire(blocking=False):
-            self._grow()
-        return future
+        batch: Batch[R] = Batch(len(calls))
+        for index, args in enumerate(calls):
+            self._queue.put((batch, index, fn, args))
+            # Reuse an idle thread if there is one, else start another.
+            if not self._idle.acquire(blocking=False):
+                self._grow()
+        return batch
 
     def _grow(self) -> None:
         with self._lock:
@@ -65,26 +111,19 @@ class TaskPool:
             item = self._queue.get()
             if item is None:
                 return
-            future, fn, args = item
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn(*args))
-                except BaseException as exc:
-                    future.set_exception(exc)
-            del item, future, fn, args
+            batch, index, fn, args = item
+            try:
+                result = fn(*args)
+            except BaseException as exc:
+                batch._finish(index, None, exc)
+            else:
+                batch._finish(index, result, None)
+            del item, batch, fn, args
             self._idle.release()
 
     def shutdown(self) -> None:
-        """Let idle threads end; busy ones end when their task returns. Queued
-        work that has not started is cancelled."""
+        """Let idle threads end; busy ones end when their call returns."""
         self._shut = True
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                item[0].cancel()
         with self._lock:
             count = len(self._threads)
         for _ in range(count):

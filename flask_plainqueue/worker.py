@@ -3,7 +3,6 @@ records what happened. The only module that pushes app contexts."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import datetime
 import logging
 import math
@@ -23,7 +22,6 @@ from . import signals
 from .notify import Listener
 from .pool import TaskPool
 from .runner import collect
-from .runner import Outcome
 from .runner import TaskRunner
 from .sqlite import ChangeProbe
 from .storage import ClaimedTask
@@ -501,11 +499,9 @@ class Worker:
         tasks: Sequence[ClaimedTask],
         outcomes: Outcomes,
     ) -> None:
-        pool = self._get_pool()
-        futures = {
-            pool.submit(self._runner.attempt, definition, task): task for task in tasks
-        }
-        pending: set[concurrent.futures.Future[Outcome]] = set(futures)
+        batch = self._get_pool().run_batch(
+            self._runner.attempt, [(definition, task) for task in tasks]
+        )
         extend_every = self.config.lease_seconds / 3
         next_extend = time.monotonic() + extend_every
         # A coroutine's timeout is enforced on the event loop (it is cancelled);
@@ -518,7 +514,7 @@ class Worker:
         # worker can claim its row meanwhile, and an extension would only wait
         # for that lock.
         extendable = not (definition.options.atomic and self.storage.is_sqlite)
-        while pending:
+        while True:
             timeout = next_extend - time.monotonic()
             if deadline is not None:
                 timeout = min(timeout, deadline - time.monotonic())
@@ -529,18 +525,24 @@ class Worker:
                 # period must start when stop() is called, not at the next lease
                 # extension.
                 timeout = min(timeout, STOP_CHECK_INTERVAL)
-            done, pending = concurrent.futures.wait(
-                pending, timeout=max(timeout, 0), return_when="ALL_COMPLETED"
-            )
-            for future in done:
-                collect(outcomes, futures[future], future.result())
-            if not pending:
-                break
-            ids = [futures[f].id for f in pending]
+            if batch.wait(max(timeout, 0)):
+                for i in range(len(tasks)):
+                    collect(outcomes, tasks[i], batch.result(i))
+                return
+            # One snapshot: a call ending after it counts as still running.
+            finished = batch.finished()
+            running = [task for i, task in enumerate(tasks) if i not in finished]
+            ids = [task.id for task in running]
             if (
                 self._stop_deadline is not None
                 and time.monotonic() >= self._stop_deadline
-            ):
+            ) or (deadline is not None and time.monotonic() >= deadline):
+                # Record what finished; what runs on is handed back or failed.
+                for i in finished:
+                    collect(outcomes, tasks[i], batch.result(i))
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._time_out(definition, running)
+                    return
                 self.abandoned += len(ids)
                 handed = self.storage.release(self.id, ids, self.clock())
                 logger.warning(
@@ -550,9 +552,6 @@ class Worker:
                     handed,
                     ids,
                 )
-                return
-            if deadline is not None and time.monotonic() >= deadline:
-                self._time_out(definition, [futures[f] for f in pending])
                 return
             if time.monotonic() >= next_extend:
                 if extendable:
