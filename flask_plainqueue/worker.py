@@ -3,6 +3,7 @@ records what happened. The only module that pushes app contexts."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import math
@@ -22,6 +23,7 @@ from . import signals
 from .notify import Listener
 from .pool import TaskPool
 from .runner import collect
+from .runner import Outcome
 from .runner import TaskRunner
 from .sqlite import ChangeProbe
 from .storage import ClaimedTask
@@ -50,6 +52,8 @@ MIN_IDLE = 0.01
 PROBE_INTERVAL = 0.01
 #: How often a worker waiting on a running batch checks whether it was stopped.
 STOP_CHECK_INTERVAL = 0.1
+#: How long after the grace period ``run()`` still waits for its claim loops.
+STOP_MARGIN = 0.5
 #: How often unknown task names are looked for (seconds).
 HOUSEKEEPING_INTERVAL = 60.0
 #: How long a missing queue table is waited for quietly before it is reported:
@@ -130,6 +134,11 @@ class Worker:
         self.abandoned = 0
         self._fixed_now: datetime.datetime | None = None
         self._runner = TaskRunner(app, db, storage, self.id, self._now)
+        # Tasks run on the claiming thread (a batch of one), by thread id.
+        self._inline: dict[int, _Inline] = {}
+        self._inline_event = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        self._closed = False
         self._ticks: dict[str, datetime.datetime] = {}
         self._next_tick: datetime.datetime | None = None
         self._last_prune = -HOUSEKEEPING_INTERVAL
@@ -198,26 +207,40 @@ class Worker:
         try:
             if not burst:
                 self._start_listener()
-            if self.concurrency == 1:
-                self._claim_loop(0, burst)
-            else:
-                threads = [
-                    threading.Thread(
-                        target=self._claim_loop,
-                        args=(i, burst),
-                        name=f"plainqueue-loop-{i}",
-                        daemon=True,
-                    )
-                    for i in range(self.concurrency)
-                ]
-                for thread in threads:
-                    thread.start()
-                for thread in threads:
-                    thread.join()
+            # The loops run on daemon threads, so that one stuck in a task past the
+            # grace period (its row handed back by the watchdog) cannot keep run()
+            # from returning.
+            threads = [
+                threading.Thread(
+                    target=self._claim_loop,
+                    args=(i, burst),
+                    name=f"plainqueue-loop-{i}",
+                    daemon=True,
+                )
+                for i in range(self.concurrency)
+            ]
+            for thread in threads:
+                thread.start()
+            self._wait_for(threads)
         finally:
             self.close()
             signals.send(signals.worker_stopped, self.app, worker_id=self.id)
             logger.info("Worker %s stopped", self.id)
+
+    def _wait_for(self, threads: list[threading.Thread]) -> None:
+        while True:
+            alive = [thread for thread in threads if thread.is_alive()]
+            if not alive:
+                return
+            deadline = self._stop_deadline
+            if deadline is not None and time.monotonic() > deadline + STOP_MARGIN:
+                logger.warning(
+                    "Worker %s: a task still runs after the grace period; its row"
+                    " was handed back, and the worker stops without it.",
+                    self.id,
+                )
+                return
+            alive[0].join(STOP_CHECK_INTERVAL)
 
     def stop(self, grace: float | None = None) -> None:
         """Stop claiming. Running tasks get ``grace`` seconds (default
@@ -247,6 +270,9 @@ class Worker:
         if pool is not None:
             pool.shutdown()
         self._runner.close()
+        with self._lock:
+            self._closed = True
+            self._inline_event.set()
 
     # -- the loop -----------------------------------------------------------
 
@@ -499,6 +525,16 @@ class Worker:
         tasks: Sequence[ClaimedTask],
         outcomes: Outcomes,
     ) -> None:
+        if len(tasks) == 1 and (
+            definition.is_async or definition.options.timeout is None
+        ):
+            # A batch of one runs on this thread: handing it to a pool thread and
+            # back would cost more than a no-op task. The watchdog extends its
+            # lease and hands it back after the grace period. (A sync task with a
+            # timeout needs the pool: only there can it be left behind.)
+            outcome = self._run_inline(definition, tasks[0])
+            collect(outcomes, tasks[0], outcome)
+            return
         batch = self._get_pool().run_batch(
             self._runner.attempt, [(definition, task) for task in tasks]
         )
@@ -558,6 +594,72 @@ class Worker:
                     self._extend(ids)
                 next_extend = time.monotonic() + extend_every
 
+    def _run_inline(
+        self, definition: TaskDefinition[t.Any, t.Any], task: ClaimedTask
+    ) -> Outcome:
+        extendable = not (definition.options.atomic and self.storage.is_sqlite)
+        key = threading.get_ident()
+        with self._lock:
+            self._inline[key] = _Inline(task, extendable, time.monotonic())
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(
+                    target=self._watch, name="plainqueue-watchdog", daemon=True
+                )
+                self._watchdog.start()
+            if not self._inline_event.is_set():
+                self._inline_event.set()
+        try:
+            return self._runner.attempt(definition, task)
+        finally:
+            with self._lock:
+                self._inline.pop(key, None)
+
+    def _watch(self) -> None:
+        """Extend the leases of tasks running on claiming threads, and hand them
+        back once the shutdown grace period is over."""
+        extend_every = self.config.lease_seconds / 3
+        while True:
+            self._inline_event.wait()
+            # Look a tenth of a second later, not at once: most inline tasks end
+            # within that, and waking per task would cost each one a thread switch.
+            time.sleep(STOP_CHECK_INTERVAL)
+            now = time.monotonic()
+            with self._lock:
+                if self._closed:
+                    return
+                if not self._inline:
+                    self._inline_event.clear()
+                    continue
+                running = [i for i in self._inline.values() if not i.released]
+            if not running:
+                continue
+            deadline = self._stop_deadline
+            if deadline is not None and now >= deadline:
+                ids = [i.task.id for i in running]
+                for item in running:
+                    item.released = True
+                self.abandoned += len(ids)
+                try:
+                    handed = self.storage.release(self.id, ids, self.clock())
+                except Exception:
+                    logger.exception("Worker %s: could not hand back tasks", self.id)
+                    continue
+                logger.warning(
+                    "Worker %s: shutdown grace period over; handed back %d unfinished"
+                    " task(s): %s",
+                    self.id,
+                    handed,
+                    ids,
+                )
+                continue
+            due = [
+                i for i in running if i.extendable and now - i.extended >= extend_every
+            ]
+            if due:
+                for item in due:
+                    item.extended = now
+                self._extend([i.task.id for i in due])
+
     def _time_out(
         self, definition: TaskDefinition[t.Any, t.Any], tasks: Sequence[ClaimedTask]
     ) -> None:
@@ -601,6 +703,16 @@ def _is_missing_table(exc: BaseException) -> bool:
     return isinstance(orig, sqlite3.OperationalError) and "no such table" in str(orig)
 
 
+@dataclasses.dataclass
+class _Inline:
+    """A task running on a claiming thread, as the watchdog sees it."""
+
+    task: ClaimedTask
+    extendable: bool
+    extended: float
+    released: bool = False
+
+
 class WorkerThread(threading.Thread):
     """Runs a :class:`Worker` in a daemon thread (a greenlet under gevent's
     monkey-patching). Installs no signal handlers."""
@@ -619,5 +731,5 @@ class WorkerThread(threading.Thread):
         """Stop the worker and wait up to ``timeout`` seconds; returns whether the
         thread ended."""
         self.worker.stop(grace=timeout)
-        self.join(None if timeout is None else timeout + 1)
+        self.join(None if timeout is None else timeout + 2)
         return not self.is_alive()
