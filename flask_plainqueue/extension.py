@@ -44,6 +44,7 @@ if t.TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 UTC = datetime.timezone.utc
+_T = t.TypeVar("_T")
 _SESSION_KEY = "plainqueue_after_commit"
 
 
@@ -248,23 +249,15 @@ class PlainQueue(TaskDecorators):
         state = self._state()
         row = build_row(definition, data, delay, run_at, priority, unique_key)
         session = t.cast("SQLAlchemy", self.db).session()
-        if commit:
-            # Ending any read snapshot first lets the insert take the write lock
-            # without SQLite's "database is locked" on upgrade; the caller's pending
-            # work would be committed by this call anyway.
-            session.commit()
-            state.storage.begin_session_write(session)
-        try:
-            if unique_key is None:
-                (task_id,) = state.storage.insert(session, [row])
-            else:
-                task_id, _ = state.storage.insert_unique(session, row)
-            if commit:
-                session.commit()
-        except BaseException:
-            if commit:
-                session.rollback()
-            raise
+        if unique_key is None:
+            (task_id,) = self._insert(state, session, [row], commit)
+        else:
+            task_id = self._in_transaction(
+                state,
+                session,
+                commit,
+                lambda: state.storage.insert_unique(session, row)[0],
+            )
         self._enqueued(state, session, [task_id], definition.name, committed=commit)
         return str(task_id)
 
@@ -292,19 +285,49 @@ class PlainQueue(TaskDecorators):
         if not rows:
             return []
         session = t.cast("SQLAlchemy", self.db).session()
-        if commit:
-            session.commit()
-            state.storage.begin_session_write(session)
-        try:
-            ids = state.storage.insert(session, rows)
-            if commit:
-                session.commit()
-        except BaseException:
-            if commit:
-                session.rollback()
-            raise
+        ids = self._insert(state, session, rows, commit)
         self._enqueued(state, session, ids, definition.name, committed=commit)
         return [str(i) for i in ids]
+
+    def _insert(
+        self,
+        state: _AppState,
+        session: Session,
+        rows: list[dict[str, t.Any]],
+        commit: bool,
+    ) -> list[int]:
+        storage = state.storage
+        idle = not session.in_transaction() and not (
+            session.new or session.dirty or session.deleted
+        )
+        if commit and idle and storage.hot is not None:
+            # Nothing of the caller's to commit with: one write transaction of its
+            # own on the SQLite driver's cursor, several times faster than the
+            # session's.
+            return storage.hot.insert(rows)
+        return self._in_transaction(
+            state, session, commit, lambda: storage.insert(session, rows)
+        )
+
+    def _in_transaction(
+        self,
+        state: _AppState,
+        session: Session,
+        commit: bool,
+        insert: Callable[[], _T],
+    ) -> _T:
+        """Run ``insert`` in the session's transaction; with ``commit``, take the
+        write lock first (SQLite) and commit the caller's pending work with it."""
+        if not commit:
+            return insert()
+        try:
+            state.storage.begin_session_write(session, discard=False)
+            result = insert()
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        return result
 
     def _definition(
         self, task: TaskDefinition[t.Any, t.Any] | str

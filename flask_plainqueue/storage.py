@@ -293,18 +293,22 @@ class Storage:
                 raise
             conn.commit()
 
-    def begin_session_write(self, session: Session) -> None:
-        """Make the session's next transaction a write transaction from its start
-        (SQLite only; elsewhere nothing to do).
+    def begin_session_write(self, session: Session, *, discard: bool = True) -> None:
+        """Make the session's transaction a write transaction now (SQLite only;
+        elsewhere nothing to do), so a concurrent writer makes it wait for the
+        busy timeout instead of failing on the upgrade from reader to writer.
 
-        A session that holds a read snapshot is rolled back first, or the upgrade to
-        a writer could fail with "database is locked" without waiting.
+        :param discard: roll back what the session holds first (the worker, after
+            a task that did not commit its own writes); otherwise its pending work
+            joins the transaction (``perform``).
         """
         if not self.is_sqlite:
             return
-        if session.in_transaction():
+        if discard and session.in_transaction():
             session.rollback()
-        session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+        connection = session.connection()
+        if not connection.connection.driver_connection.in_transaction:  # type: ignore[union-attr]
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     # -- enqueue ------------------------------------------------------------
 

@@ -74,6 +74,40 @@ def test_commit_false_joins_the_callers_transaction(env: Env, noop: t.Any) -> No
 
 
 @pytest.mark.usefixtures("app_ctx")
+def test_commit_true_commits_the_callers_pending_work_with_the_task(
+    env: Env, noop: t.Any
+) -> None:
+    class Note(env.db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = "note"
+        id: Mapped[int] = mapped_column(primary_key=True)
+
+    env.db.create_all()
+    commits: list[int] = []
+
+    def count(conn: t.Any) -> None:
+        commits.append(1)
+
+    sa.event.listen(env.db.engine, "commit", count)
+    try:
+        env.db.session.add(Note(id=7))
+        task_id = env.queue.perform(noop, 1)
+        # Pending work: one transaction for both.
+        assert len(commits) == 1
+        # Nothing pending: a transaction of its own (SQLite: the driver's cursor).
+        env.queue.perform_many(noop, [2, 3])
+    finally:
+        sa.event.remove(env.db.engine, "commit", count)
+    with env.db.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT id FROM note")).scalars().all() == [7]
+        table = env.queue.Task.__table__
+        data = conn.execute(
+            sa.select(table.c.id, table.c.data).order_by(table.c.id)
+        ).all()
+    assert (str(data[0][0]), json.loads(data[0][1])) == (task_id, 1)
+    assert [json.loads(d) for _, d in data] == [1, 2, 3]
+
+
+@pytest.mark.usefixtures("app_ctx")
 @pytest.mark.parametrize(
     "bad", [object(), {"when": datetime.datetime.now()}, float("nan")]
 )
@@ -229,9 +263,8 @@ def test_claim_and_prune_use_indexes_not_scans(
     """The claim's cost must not grow with the number of waiting or dead tasks:
     SQLite's plan for each statement is an index search in claim order, never a
     table scan or a sort."""
-    from sqlalchemy import event
-
     from conftest import create_test_app
+    from sqlalchemy import event
 
     app, db, queue = create_test_app(sqlite_uri, tmp_path / "i")
 
@@ -279,7 +312,9 @@ def test_claim_and_prune_use_indexes_not_scans(
             event.remove(storage.engine, "before_cursor_execute", grab)
         # The claim runs on the driver's cursor, past SQLAlchemy's events.
         assert storage.hot is not None
-        statements.update(c.sql for c in storage.hot._cache.values())
+        statements.update(
+            c.sql for c in storage.hot._cache.values() if not c.sql.startswith("INSERT")
+        )
         assert len(statements) == 4  # head, claim, delete finished, prune
         with storage.engine.connect() as conn:
             for statement in statements:
