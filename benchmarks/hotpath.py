@@ -9,6 +9,7 @@ profiler sees only them::
     python -m benchmarks.hotpath perform --n 5000 --pyinstrument
     py-spy record -o drain.svg -- python -m benchmarks.hotpath drain --batch 100 --n 50000
 
+``--pg-url URL`` runs on a fresh PostgreSQL database instead of SQLite.
 ``--other-task`` registers a second task definition (the claim then has to find
 which name is next); ``--unknown N`` adds N due rows of a name no worker knows.
 Set ``PYTHONPATH`` to a patched copy of ``flask_plainqueue`` to measure a change.
@@ -17,6 +18,7 @@ Set ``PYTHONPATH`` to a patched copy of ``flask_plainqueue`` to measure a change
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import sys
@@ -40,15 +42,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pyinstrument", action="store_true", help="print a pyinstrument profile"
     )
-    args = parser.parse_args(argv)
-
-    work = Path(tempfile.mkdtemp(prefix="plainqueue-hotpath-"))
-    db_path = work / "bench.db"
-    os.environ.update(
-        BENCH_DB_URI=f"sqlite:///{db_path}",
-        BENCH_TASK="noop",
-        BENCH_BATCH=str(args.batch),
+    parser.add_argument(
+        "--pg-url",
+        default="",
+        help="run on a fresh database on this PostgreSQL server instead of SQLite",
     )
+    args = parser.parse_args(argv)
+    if args.pg_url and args.unknown:
+        parser.error("--unknown works on SQLite only")
+    with contextlib.ExitStack() as stack:
+        if args.pg_url:
+            from . import pg
+
+            uri, _ = stack.enter_context(pg.fresh_database(args.pg_url))
+        else:
+            work = Path(tempfile.mkdtemp(prefix="plainqueue-hotpath-"))
+            uri = f"sqlite:///{work / 'bench.db'}"
+        return _main(args, uri)
+    return 1  # pragma: no cover - the with statement returns
+
+
+def _main(args: argparse.Namespace, uri: str) -> int:
+    db_path = Path(uri.removeprefix("sqlite:///"))
+    os.environ.update(BENCH_DB_URI=uri, BENCH_TASK="noop", BENCH_BATCH=str(args.batch))
     from . import ourapp
     from .common import fill_sqlite_queue
 
@@ -62,7 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.unknown:
         fill_sqlite_queue(db_path, args.unknown, name="unknown_task")
     if args.mode not in ("perform", "perform_many"):
-        fill_sqlite_queue(db_path, args.n)
+        if uri.startswith("sqlite"):
+            fill_sqlite_queue(db_path, args.n)
+        else:
+            with app.app_context():
+                for first in range(0, args.n, 10_000):
+                    chunk: list[t.Any] = [
+                        {"i": i} for i in range(first, min(args.n, first + 10_000))
+                    ]
+                    queue.perform_many("bench_task", chunk)
 
     from flask_plainqueue.storage import ClaimedTask
     from flask_plainqueue.storage import Outcomes
