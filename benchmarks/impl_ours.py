@@ -337,8 +337,20 @@ def measure_idle_cpu(pid: int, seconds: float) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of every thread of ``pid`` so far (``/proc``, as
-    psutil reads it)."""
+    """CPU seconds every thread of ``pid`` has run so far: the scheduler's
+    nanosecond counters (``/proc/PID/task/TID/schedstat``), as ``/proc/PID/stat``
+    counts only in 10 ms ticks, too coarse for an idle process."""
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # the thread ended meanwhile
+        return total / 1e9
+    except FileNotFoundError:
+        pass
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     # Fields 14 and 15 of proc(5) (utime, stime); the split dropped the first two.
