@@ -5,7 +5,6 @@ from __future__ import annotations
 import configparser
 import os
 import socket
-import typing as t
 from pathlib import Path
 
 DOCS = Path(__file__).parent
@@ -17,7 +16,7 @@ _setup.read(ROOT / "setup.cfg")
 
 project = "flask-plainqueue"
 author = "flask-plainqueue developers"
-copyright = f"2026, {author}"  # noqa: A001 - Sphinx's name
+copyright = f"2026, {author}"
 release = _setup["metadata"]["version"]
 version = ".".join(release.split(".")[:2])
 
@@ -27,10 +26,6 @@ extensions = [
 ]
 
 exclude_patterns = ["_build", "benchmarks/**", "examples/**"]
-
-#: Pages listed in index.rst's toctree that other parts of the project add; an
-#: entry is dropped while its page does not exist yet, so ``-W`` stays green.
-OPTIONAL_PAGES = ["scheduling", "scaling", "cli", "dashboard", "signals", "benchmarks"]
 
 autodoc_typehints = "description"
 autodoc_member_order = "bysource"
@@ -64,23 +59,5 @@ intersphinx_mapping = _INTERSPHINX if _intersphinx_enabled() else {}
 
 html_theme = "furo"
 html_title = f"flask-plainqueue {release}"
-# Screenshots for the dashboard page live in _static/ once they exist.
-html_static_path = ["_static"] if (DOCS / "_static").is_dir() else []
-
-
-def _drop_missing_pages(app: object, docname: str, source: list[str]) -> None:
-    if docname != "index":
-        return
-    missing = [p for p in OPTIONAL_PAGES if not (DOCS / f"{p}.rst").exists()]
-    lines = source[0].splitlines(keepends=True)
-    source[0] = "".join(line for line in lines if line.strip() not in missing)
-
-
-def _reread_index(*args: object) -> list[str]:
-    # Whether a page exists can change without index.rst changing.
-    return ["index"]
-
-
-def setup(app: t.Any) -> None:
-    app.connect("source-read", _drop_missing_pages)
-    app.connect("env-get-outdated", _reread_index)
+# The dashboard page's screenshots.
+html_static_path = ["_static"]
