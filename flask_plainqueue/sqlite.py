@@ -3,10 +3,12 @@ probe, and the hottest statements run on the driver's own cursor."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import typing as t
 from collections.abc import Callable
+from collections.abc import Iterator
 from collections.abc import Mapping
 from collections.abc import Sequence
 
@@ -110,21 +112,29 @@ class HotPath:
         outcomes: Outcomes | None,
     ) -> list[tuple[t.Any, ...]]:
         """As :meth:`Storage.claim`, in one ``BEGIN IMMEDIATE`` transaction."""
-        s = self._storage
-        raw = s.engine.raw_connection()
+        with self._write() as cursor:
+            if outcomes:
+                for stmt, param_sets in self._storage.settle_params(
+                    owner, outcomes, now
+                ):
+                    compiled = self._compiled_statement(stmt)
+                    cursor.executemany(
+                        compiled.sql, [compiled.args(p) for p in param_sets]
+                    )
+            return self._claim_rows(
+                cursor, owner, names, batch_sizes, now, until, queues
+            )
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[t.Any]:
+        """A driver cursor in a ``BEGIN IMMEDIATE`` transaction, committed on
+        success, on a pooled connection."""
+        raw = self._storage.engine.raw_connection()
         try:
             cursor = raw.cursor()
             try:
                 cursor.execute("BEGIN IMMEDIATE")
-                if outcomes:
-                    for stmt, param_sets in s.settle_params(owner, outcomes, now):
-                        compiled = self._compiled_statement(stmt)
-                        cursor.executemany(
-                            compiled.sql, [compiled.args(p) for p in param_sets]
-                        )
-                rows = self._claim_rows(
-                    cursor, owner, names, batch_sizes, now, until, queues
-                )
+                yield cursor
                 raw.commit()
             except BaseException:
                 raw.rollback()
@@ -133,7 +143,6 @@ class HotPath:
                 cursor.close()
         finally:
             raw.close()
-        return rows
 
     def _claim_rows(
         self,
@@ -177,25 +186,13 @@ class HotPath:
             ("insert", tuple(rows[0])),
             lambda: sa.insert(s.table).values({k: sa.bindparam(k) for k in rows[0]}),
         )
-        raw = s.engine.raw_connection()
-        try:
-            cursor = raw.cursor()
-            try:
-                cursor.execute("BEGIN IMMEDIATE")
-                if len(rows) == 1:
-                    cursor.execute(insert.sql, insert.args(rows[0]))
-                else:
-                    cursor.executemany(insert.sql, [insert.args(r) for r in rows])
-                # Under the write lock AUTOINCREMENT hands out consecutive ids.
-                last = cursor.execute("SELECT last_insert_rowid()").fetchone()[0]
-                raw.commit()
-            except BaseException:
-                raw.rollback()
-                raise
-            finally:
-                cursor.close()
-        finally:
-            raw.close()
+        with self._write() as cursor:
+            if len(rows) == 1:
+                cursor.execute(insert.sql, insert.args(rows[0]))
+            else:
+                cursor.executemany(insert.sql, [insert.args(r) for r in rows])
+            # Under the write lock AUTOINCREMENT hands out consecutive ids.
+            last: int = cursor.execute("SELECT last_insert_rowid()").fetchone()[0]
         return list(range(last - len(rows) + 1, last + 1))
 
 

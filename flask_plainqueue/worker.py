@@ -579,20 +579,24 @@ class Worker:
                 if deadline is not None and time.monotonic() >= deadline:
                     self._time_out(definition, running)
                     return
-                self.abandoned += len(ids)
-                handed = self.storage.release(self.id, ids, self.clock())
-                logger.warning(
-                    "Worker %s: shutdown grace period over; handed back %d unfinished"
-                    " task(s): %s",
-                    self.id,
-                    handed,
-                    ids,
-                )
+                self._hand_back(ids)
                 return
             if time.monotonic() >= next_extend:
                 if extendable:
                     self._extend(ids)
                 next_extend = time.monotonic() + extend_every
+
+    def _hand_back(self, ids: list[int]) -> None:
+        """The grace period is over: make these running tasks due for others."""
+        self.abandoned += len(ids)
+        handed = self.storage.release(self.id, ids, self.clock())
+        logger.warning(
+            "Worker %s: shutdown grace period over; handed back %d unfinished"
+            " task(s): %s",
+            self.id,
+            handed,
+            ids,
+        )
 
     def _run_inline(
         self, definition: TaskDefinition[t.Any, t.Any], task: ClaimedTask
@@ -635,22 +639,12 @@ class Worker:
                 continue
             deadline = self._stop_deadline
             if deadline is not None and now >= deadline:
-                ids = [i.task.id for i in running]
                 for item in running:
                     item.released = True
-                self.abandoned += len(ids)
                 try:
-                    handed = self.storage.release(self.id, ids, self.clock())
+                    self._hand_back([i.task.id for i in running])
                 except Exception:
                     logger.exception("Worker %s: could not hand back tasks", self.id)
-                    continue
-                logger.warning(
-                    "Worker %s: shutdown grace period over; handed back %d unfinished"
-                    " task(s): %s",
-                    self.id,
-                    handed,
-                    ids,
-                )
                 continue
             due = [
                 i for i in running if i.extendable and now - i.extended >= extend_every
