@@ -7,7 +7,6 @@ import enum
 import typing as t
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
@@ -83,7 +82,10 @@ class JSONText(sa.TypeDecorator[str]):
 
     def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[t.Any]:
         if dialect.name == "postgresql":
-            return dialect.type_descriptor(postgresql.JSONB())
+            # Imported here: the PostgreSQL dialect costs SQLite users memory.
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return dialect.type_descriptor(JSONB())
         return dialect.type_descriptor(sa.Text())
 
     def bind_processor(self, dialect: Dialect) -> None:
