@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+import threading
 import typing as t
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -86,6 +87,7 @@ class HotPath:
         self._storage = storage
         self._dialect = storage.engine.dialect
         self._cache: dict[t.Hashable, Compiled] = {}
+        self._local = threading.local()
 
     def _compiled(
         self, key: t.Hashable, build: Callable[[], sa.Executable]
@@ -126,10 +128,23 @@ class HotPath:
             )
 
     @contextlib.contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Keep one pooled connection for this thread's claims while in the block,
+        instead of checking one out of the pool per transaction (a claim loop)."""
+        raw = self._storage.engine.raw_connection()
+        self._local.raw = raw
+        try:
+            yield
+        finally:
+            self._local.raw = None
+            raw.close()
+
+    @contextlib.contextmanager
     def _write(self) -> Iterator[t.Any]:
         """A driver cursor in a ``BEGIN IMMEDIATE`` transaction, committed on
-        success, on a pooled connection."""
-        raw = self._storage.engine.raw_connection()
+        success, on this thread's pinned connection or a pooled one."""
+        pinned = getattr(self._local, "raw", None)
+        raw = pinned or self._storage.engine.raw_connection()
         try:
             cursor = raw.cursor()
             try:
@@ -142,7 +157,8 @@ class HotPath:
             finally:
                 cursor.close()
         finally:
-            raw.close()
+            if pinned is None:
+                raw.close()
 
     def _claim_rows(
         self,

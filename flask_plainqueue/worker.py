@@ -3,6 +3,7 @@ records what happened. The only module that pushes app contexts."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -170,11 +171,12 @@ class Worker:
         total = 0
         outcomes = Outcomes()
         try:
-            while True:
-                ran = self._cycle(outcomes, None)
-                if not ran:
-                    return total
-                total += ran
+            with self._pinned():
+                while True:
+                    ran = self._cycle(outcomes, None)
+                    if not ran:
+                        return total
+                    total += ran
         finally:
             self.storage.settle(self.id, outcomes, self.clock())
 
@@ -283,7 +285,9 @@ class Worker:
             self._wake_events.append(wake)
         probe = ChangeProbe(self.storage.engine) if self.storage.is_sqlite else None
         idle = MIN_IDLE
+        stack = contextlib.ExitStack()
         try:
+            stack.enter_context(self._pinned())
             while not self._stop.is_set():
                 if index == 0:
                     self._housekeeping()
@@ -316,10 +320,16 @@ class Worker:
                 self.storage.settle(self.id, outcomes, self.clock())
             except Exception:
                 logger.exception("Worker %s: could not record finished tasks", self.id)
+            stack.close()
             if probe is not None:
                 probe.close()
             with self._lock:
                 self._wake_events.remove(wake)
+
+    def _pinned(self) -> t.ContextManager[None]:
+        """SQLite: one connection for this thread's claims (see ``HotPath``)."""
+        hot = self.storage.hot
+        return contextlib.nullcontext() if hot is None else hot.pinned()
 
     def _claim_failed(self, exc: Exception, burst: bool) -> None:
         if not _is_missing_table(exc):
