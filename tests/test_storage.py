@@ -331,3 +331,29 @@ def test_claim_and_prune_use_indexes_not_scans(
                 )
                 assert not any("TEMP B-TREE" in p for p in plan), (statement, plan)
         db.drop_all()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime.datetime(2026, 11, 28, 8, 6, 15, 123456, tzinfo=UTC),
+        datetime.datetime(999, 1, 2, 3, 4, 5, tzinfo=UTC),
+        datetime.datetime(
+            2026, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=2))
+        ),
+    ],
+)
+def test_hot_path_timestamps_match_sqlalchemys(value: datetime.datetime) -> None:
+    """The SQLite hot path writes timestamps itself; they must be the very text
+    SQLAlchemy writes, or comparisons between the two would go wrong."""
+    from sqlalchemy.dialects import sqlite
+
+    from flask_plainqueue.models import UTCDateTime
+    from flask_plainqueue.sqlite import utc_text
+
+    dialect = sqlite.dialect()
+    processor = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert processor is not None
+    assert utc_text(value) == processor(value)
+    with pytest.raises(ValueError, match="naive"):
+        utc_text(value.replace(tzinfo=None))
