@@ -11,6 +11,8 @@ import typing as t
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
+from collections.abc import Mapping
+from collections.abc import Sequence
 
 from .exceptions import ConfigurationError
 from .exceptions import DuplicateTaskName
@@ -21,8 +23,10 @@ if t.TYPE_CHECKING:
     from .schedules import Schedule
 
 #: A value that survives a JSON round trip: what ``perform`` accepts as ``data``.
+#: ``Sequence`` and ``Mapping``, not the invariant ``list`` and ``dict``, so that
+#: e.g. a ``dict[str, str]`` is accepted; ``perform`` checks the value itself.
 JSONValue: t.TypeAlias = (
-    None | bool | int | float | str | list["JSONValue"] | dict[str, "JSONValue"]
+    None | bool | int | float | str | Sequence["JSONValue"] | Mapping[str, "JSONValue"]
 )
 
 P = t.ParamSpec("P")

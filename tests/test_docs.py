@@ -245,6 +245,21 @@ def test_sign_up_rollback_leaves_no_task(tasks_app: types.ModuleType) -> None:
     assert db.session.scalars(select(tasks_app.Contact)).all() == []
 
 
+def _perform_typed(queue: flask_plainqueue.PlainQueue, task: t.Any) -> str:
+    # Type-checked by mypy: a dict[str, str] is valid data (JSONValue is built
+    # on Mapping and Sequence, not on the invariant dict and list).
+    data: dict[str, str] = {"email": "typed@example.com"}
+    batch: list[dict[str, str]] = [data]
+    queue.perform_many(task, batch)
+    return queue.perform(task, data)
+
+
+def test_perform_accepts_typed_containers(tasks_app: types.ModuleType) -> None:
+    _perform_typed(tasks_app.queue, tasks_app.double_opt_in)
+    assert tasks_app.queue.drain() == 2
+    assert tasks_app.outbox == ["typed@example.com", "typed@example.com"]
+
+
 def test_async_task_example_runs(tasks_app: types.ModuleType) -> None:
     tasks_app.queue.perform_many(
         tasks_app.fetch_avatar, [{"email": f"{i}@example.com"} for i in range(3)]
