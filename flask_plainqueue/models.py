@@ -105,23 +105,33 @@ class JSONText(sa.TypeDecorator[str]):
 
 
 class TaskModel(t.Protocol):
-    """The attributes of ``queue.Task``, for type checkers."""
+    """The attributes of ``queue.Task``, for type checkers.
+
+    Columns are declared as class variables so that type checkers apply
+    ``Mapped``'s descriptor: ``queue.Task.name`` is a column expression and
+    ``task.name`` a ``str``, as on any declarative model.
+    """
 
     __table__: t.ClassVar[sa.Table]
-    id: Mapped[int]
-    name: Mapped[str]
-    queue: Mapped[str]
-    priority: Mapped[int]
-    data: Mapped[str | None]
-    created: Mapped[datetime.datetime]
-    run_at: Mapped[datetime.datetime]
-    status: Mapped[str]
-    attempts: Mapped[int]
-    lease_owner: Mapped[str | None]
-    failed_last: Mapped[datetime.datetime | None]
-    failed_nr: Mapped[int]
-    failed_error: Mapped[str | None]
-    unique_key: Mapped[str | None]
+
+    # The mapped class takes its columns as keyword arguments, as every
+    # declarative model does.
+    def __init__(self, **kwargs: t.Any) -> None: ...
+
+    id: t.ClassVar[Mapped[int]]
+    name: t.ClassVar[Mapped[str]]
+    queue: t.ClassVar[Mapped[str]]
+    priority: t.ClassVar[Mapped[int]]
+    data: t.ClassVar[Mapped[str | None]]
+    created: t.ClassVar[Mapped[datetime.datetime]]
+    run_at: t.ClassVar[Mapped[datetime.datetime]]
+    status: t.ClassVar[Mapped[str]]
+    attempts: t.ClassVar[Mapped[int]]
+    lease_owner: t.ClassVar[Mapped[str | None]]
+    failed_last: t.ClassVar[Mapped[datetime.datetime | None]]
+    failed_nr: t.ClassVar[Mapped[int]]
+    failed_error: t.ClassVar[Mapped[str | None]]
+    unique_key: t.ClassVar[Mapped[str | None]]
 
 
 def build_periodic_table(db: SQLAlchemy, table: str) -> sa.Table:

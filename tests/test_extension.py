@@ -142,3 +142,18 @@ def test_app_sessions_keep_deferred_transactions(env: Env) -> None:
             other.exec_driver_sql("BEGIN IMMEDIATE")
             other.rollback()
         env.db.session.rollback()
+
+
+def test_task_rows_can_be_built_through_the_orm(env: Env) -> None:
+    """``queue.Task`` is a declarative model: rows can be built and added too
+    (type checkers accept its keyword arguments)."""
+    import datetime
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    with env.app.app_context():
+        env.db.session.add(
+            env.queue.Task(name="orm.made", data="1", created=now, run_at=now)
+        )
+        env.db.session.commit()
+        (row,) = env.db.session.scalars(sa.select(env.queue.Task)).all()
+        assert (row.name, row.status, row.failed_nr) == ("orm.made", "queued", 0)

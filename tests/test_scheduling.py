@@ -259,6 +259,7 @@ def test_a_sync_task_past_its_timeout_fails_and_the_worker_goes_on(
         worker = queue.worker(app)
         assert worker.run_once() == 1
         (row,) = db.session.scalars(sa.select(queue.Task)).all()
+        assert row.failed_error is not None
         assert "TimeoutError" in row.failed_error and "0.5s" in row.failed_error
         assert row.failed_nr == 1 and row.status == "queued"
         assert row.lease_owner is None
