@@ -152,7 +152,6 @@ class Storage:
             c.lease_owner == sa.bindparam("owner"),
             c.attempts == sa.bindparam("b_attempts"),
         )
-        self._owned = owned
         self._delete_owned = sa.delete(table).where(owned)
         self._fail = (
             sa.update(table)
