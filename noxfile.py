@@ -78,10 +78,12 @@ def browser(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Check lint and formatting with ruff."""
+    """Check lint and formatting with ruff, and the layers with import-linter."""
+    session.install(".")
     session.install("-r", "requirements/lint.txt")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("lint-imports")
 
 
 @nox.session(python=sorted({_installed(PYTHONS)[0], _installed(PYTHONS)[-1]}))

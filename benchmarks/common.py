@@ -24,7 +24,8 @@ class Skip(Exception):
 
 
 def sqlite_time(value: datetime.datetime) -> str:
-    """A UTC datetime as our ``UTCDateTime`` stores it on SQLite (naive ISO text)."""
+    """A UTC datetime as the queue stores its ``DateTime`` columns on SQLite
+    (naive UTC text, ``YYYY-MM-DD HH:MM:SS.ffffff``)."""
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 

@@ -88,11 +88,20 @@ def _main(args: argparse.Namespace, uri: str) -> int:
                     ]
                     queue.perform_many("bench_task", chunk)
 
-    from flask_plainqueue.storage import ClaimedTask
-    from flask_plainqueue.storage import Outcomes
+    from flask_plainqueue.batches import BatchRunner
+    from flask_plainqueue.runner import TaskRunner
+    from flask_plainqueue.statements import ClaimedTask
+    from flask_plainqueue.statements import ClaimRequest
+    from flask_plainqueue.statements import Outcomes
 
-    worker = queue._make_worker(app)
-    storage = queue._state(app).storage
+    worker = queue.worker(app)
+    store = queue.store(app)
+    # The worker's own batch runner and attempt runner, built alike, so the
+    # batch and attempt modes run them without the claim around them.
+    runner = TaskRunner(app, ourapp.db, store, worker.id, worker.clock)
+    batches = BatchRunner(
+        runner, worker.leases, store, queue.registry, 1, deadline=lambda: None
+    )
     definition = queue.registry.get("bench_task")
     names = sorted(queue.registry.names())
     sizes = {name: args.batch for name in names}
@@ -105,13 +114,15 @@ def _main(args: argparse.Namespace, uri: str) -> int:
             outcomes, done = Outcomes(), 0
             while True:
                 now = datetime.datetime.now(datetime.timezone.utc)
-                tasks = storage.claim(
-                    owner=worker.id,
-                    names=names,
-                    batch_sizes=sizes,
-                    now=now,
-                    until=now + lease,
-                    outcomes=outcomes,
+                tasks = store.claim(
+                    ClaimRequest(
+                        owner=worker.id,
+                        names=names,
+                        batch_sizes=sizes,
+                        now=now,
+                        until=now + lease,
+                    ),
+                    outcomes,
                 )
                 if not tasks:
                     return done
@@ -125,10 +136,10 @@ def _main(args: argparse.Namespace, uri: str) -> int:
             outcomes, done = Outcomes(), 0
             while done < args.n:
                 if args.mode == "batch":
-                    worker._run_batch(definition, tasks, outcomes)
+                    batches.run(definition, tasks, outcomes)
                 else:
                     for task in tasks:
-                        worker._runner.attempt(definition, task)
+                        runner.attempt(definition, task)
                 outcomes.clear()
                 done += len(tasks)
             return done
@@ -153,7 +164,10 @@ def _main(args: argparse.Namespace, uri: str) -> int:
     if profiler is not None:
         profiler.stop()
         print(profiler.output_text(unicode=True, color=False, show_all=False))
+    batches.close()
+    runner.close()
     worker.close()
+    queue.forget_worker(worker)
     import flask_plainqueue
 
     print(

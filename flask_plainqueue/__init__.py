@@ -3,30 +3,44 @@ database."""
 
 from __future__ import annotations
 
+from .enqueue import TaskId
 from .exceptions import ConfigurationError
 from .exceptions import DuplicateTaskName
+from .exceptions import InvalidArgument
 from .exceptions import PlainQueueError
 from .exceptions import Retry
 from .exceptions import TaskDataError
 from .exceptions import TaskNotFound
+from .exceptions import TransferError
+from .exceptions import UniqueTaskWaiting
 from .exceptions import UnknownTask
 from .extension import PlainQueue
-from .models import TaskState
+from .info import QueueStatus
+from .info import TaskInfo
+from .schema import TaskState
 from .tasks import JSONValue
 from .tasks import TaskDefinition
+from .tasks import TaskOptions
 from .worker import Worker
 
 __all__ = [
     "ConfigurationError",
     "DuplicateTaskName",
+    "InvalidArgument",
     "JSONValue",
     "PlainQueue",
     "PlainQueueError",
+    "QueueStatus",
     "Retry",
     "TaskDataError",
     "TaskDefinition",
+    "TaskId",
+    "TaskInfo",
     "TaskNotFound",
+    "TaskOptions",
     "TaskState",
+    "TransferError",
+    "UniqueTaskWaiting",
     "UnknownTask",
     "Worker",
 ]

@@ -6,6 +6,7 @@ import dataclasses
 import typing as t
 from collections.abc import Mapping
 
+from . import validate
 from .exceptions import ConfigurationError
 
 if t.TYPE_CHECKING:
@@ -29,6 +30,17 @@ DEFAULTS: Mapping[str, t.Any] = {
     "PLAINQUEUE_DASHBOARD": False,
     "PLAINQUEUE_DASHBOARD_URL": "/queue",
     "PLAINQUEUE_DASHBOARD_AUTH": None,
+}
+
+#: The allowed ranges of the numeric keys: ``(minimum, maximum)``, in seconds
+#: for durations (documented in ``docs/config.rst``).
+RANGES: Mapping[str, tuple[float, float]] = {
+    "PLAINQUEUE_POLL_INTERVAL": (0.0, 3600.0),
+    "PLAINQUEUE_LEASE_SECONDS": (0.0, 7 * 86400.0),
+    "PLAINQUEUE_CONCURRENCY": (1, 256),
+    "PLAINQUEUE_SHUTDOWN_GRACE": (0.0, 86400.0),
+    "PLAINQUEUE_SQLITE_BUSY_TIMEOUT": (0.0, 86400.0),
+    "PLAINQUEUE_KEEP_FAILED": (0.0, validate.MAX_SECONDS),
 }
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -73,16 +85,6 @@ class QueueConfig:
                 key, list(value) if isinstance(value, list) else value
             )
         c = app.config
-        tasks = c["PLAINQUEUE_TASKS"]
-        if isinstance(tasks, str):
-            tasks = [tasks]
-        if not isinstance(tasks, (list, tuple)) or not all(
-            isinstance(x, str) and x for x in tasks
-        ):
-            raise ConfigurationError(
-                f"PLAINQUEUE_TASKS must be a list of module or package names,"
-                f" got {tasks!r}."
-            )
         sync = c["PLAINQUEUE_SQLITE_SYNCHRONOUS"]
         if not isinstance(sync, str) or sync.upper() not in _SYNCHRONOUS:
             raise ConfigurationError(
@@ -90,10 +92,15 @@ class QueueConfig:
                 f" got {sync!r}."
             )
         table = c["PLAINQUEUE_TABLE"]
-        if not isinstance(table, str) or not table.replace("_", "").isalnum():
+        if (
+            not isinstance(table, str)
+            or not table.replace("_", "").isalnum()
+            or not table.isascii()
+            or len(table) > 40
+        ):
             raise ConfigurationError(
-                "PLAINQUEUE_TABLE must be a table name of letters, digits and"
-                f" underscores, got {table!r}."
+                "PLAINQUEUE_TABLE must be a table name of at most 40 ASCII letters,"
+                f" digits and underscores, got {table!r}."
             )
         dashboard_url = c["PLAINQUEUE_DASHBOARD_URL"]
         if (
@@ -111,10 +118,15 @@ class QueueConfig:
                 "PLAINQUEUE_DASHBOARD_AUTH must be a function returning True for"
                 f" users allowed to see the dashboard, got {dashboard_auth!r}."
             )
+        keep_failed = c["PLAINQUEUE_KEEP_FAILED"]
         return cls(
-            embedded_worker=_bool(c, "PLAINQUEUE_EMBEDDED_WORKER"),
-            eager=_bool(c, "PLAINQUEUE_EAGER"),
-            tasks=tuple(tasks),
+            embedded_worker=_flag(c, "PLAINQUEUE_EMBEDDED_WORKER"),
+            eager=_flag(c, "PLAINQUEUE_EAGER"),
+            tasks=validate.names(
+                "PLAINQUEUE_TASKS (module or package names)",
+                c["PLAINQUEUE_TASKS"],
+                error=ConfigurationError,
+            ),
             poll_interval=_seconds(c, "PLAINQUEUE_POLL_INTERVAL", positive=True),
             lease_seconds=_seconds(c, "PLAINQUEUE_LEASE_SECONDS", positive=True),
             table=table,
@@ -123,38 +135,31 @@ class QueueConfig:
             sqlite_synchronous=sync.upper(),
             sqlite_busy_timeout=_seconds(c, "PLAINQUEUE_SQLITE_BUSY_TIMEOUT"),
             keep_failed=(
-                None
-                if c["PLAINQUEUE_KEEP_FAILED"] is None
-                else _seconds(c, "PLAINQUEUE_KEEP_FAILED")
+                None if keep_failed is None else _seconds(c, "PLAINQUEUE_KEEP_FAILED")
             ),
-            notify=_bool(c, "PLAINQUEUE_NOTIFY"),
-            dashboard=_bool(c, "PLAINQUEUE_DASHBOARD"),
+            notify=_flag(c, "PLAINQUEUE_NOTIFY"),
+            dashboard=_flag(c, "PLAINQUEUE_DASHBOARD"),
             dashboard_url=dashboard_url.rstrip("/"),
             dashboard_auth=dashboard_auth,
         )
 
 
-def _bool(config: Mapping[str, t.Any], key: str) -> bool:
-    value = config[key]
-    if not isinstance(value, bool):
-        raise ConfigurationError(f"{key} must be True or False, got {value!r}.")
-    return value
+def _flag(config: Mapping[str, t.Any], key: str) -> bool:
+    return validate.flag(key, config[key], error=ConfigurationError)
 
 
 def _seconds(config: Mapping[str, t.Any], key: str, *, positive: bool = False) -> float:
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{key} must be a number of seconds, got {value!r}.")
-    if value < 0 or (positive and value == 0):
-        bound = "greater than 0" if positive else "0 or more"
-        raise ConfigurationError(f"{key} must be {bound} seconds, got {value!r}.")
-    return float(value)
+    return validate.seconds(
+        key,
+        config[key],
+        error=ConfigurationError,
+        positive=positive,
+        maximum=RANGES[key][1],
+    )
 
 
 def _count(config: Mapping[str, t.Any], key: str) -> int:
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(
-            f"{key} must be a whole number of 1 or more, got {value!r}."
-        )
-    return value
+    low, high = RANGES[key]
+    return validate.whole(
+        key, config[key], error=ConfigurationError, minimum=int(low), maximum=int(high)
+    )

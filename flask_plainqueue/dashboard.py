@@ -31,18 +31,19 @@ from flask.typing import ResponseReturnValue
 from itsdangerous import BadData
 from itsdangerous import URLSafeTimedSerializer
 
-from . import inspection
+from .clock import utcnow
 from .exceptions import ConfigurationError
 from .exceptions import PlainQueueError
-from .inspection import format_age
-from .inspection import STATES
-from .models import TaskState
+from .info import format_age
+from .info import parse_id
+from .info import STATES
+from .info import TaskInfo
+from .schema import TaskState
 
 if t.TYPE_CHECKING:
     from flask import Flask
 
     from .extension import PlainQueue
-    from .storage import Storage
 
 #: Tasks per page in the list.
 PAGE_SIZE = 50
@@ -83,15 +84,18 @@ def make_blueprint(queue: PlainQueue, name: str = "plainqueue") -> Blueprint:
         static_url_path="/static",
     )
 
-    def storage() -> Storage:
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-        return queue._state(app).storage
+    def existing(task_id: str) -> TaskInfo:
+        key = parse_id(task_id)
+        info = None if key is None else queue.get(key)
+        if info is None:
+            abort(404)
+        return info
 
     @bp.before_request
     def check_access() -> ResponseReturnValue | None:
         app = current_app._get_current_object()  # type: ignore[attr-defined]
         # Per-app configuration is more specific than the queue-wide decorator.
-        check = queue._state(app).config.dashboard_auth or queue._dashboard_auth
+        check = queue.dashboard_check()
         if check is None:
             return _text(FORBIDDEN_NO_AUTH, 403)
         if not check():
@@ -111,7 +115,7 @@ def make_blueprint(queue: PlainQueue, name: str = "plainqueue") -> Blueprint:
 
     @bp.route("/")
     def overview() -> ResponseReturnValue:
-        status = inspection.status(storage())
+        status = queue.status()
         return render_template("plainqueue/overview.html", status=status)
 
     @bp.route("/tasks")
@@ -128,43 +132,35 @@ def make_blueprint(queue: PlainQueue, name: str = "plainqueue") -> Blueprint:
         name = request.args.get("name", "").strip() or None
         page = request.args.get("page", 1, type=int) or 1
         page = max(1, page)
-        s = storage()
-        now = inspection.utcnow()
-        total = inspection.count_tasks(s, states=states, name=name, now=now)
+        total = queue.count(state=states, name=name)
         pages = max(1, -(-total // PAGE_SIZE))
         page = min(page, pages)
-        rows = inspection.list_tasks(
-            s,
-            states=states,
-            name=name,
-            limit=PAGE_SIZE,
-            offset=(page - 1) * PAGE_SIZE,
-            now=now,
+        rows = queue.tasks(
+            state=states, name=name, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
         )
         return render_template(
             "plainqueue/list.html",
             tasks=rows,
             state=state_arg,
             name=name or "",
-            names=inspection.task_names(s),
+            names=queue.names(),
             page=page,
             pages=pages,
             total=total,
-            dead=inspection.count_dead(s, name=name) if state_arg == "dead" else 0,
+            dead=queue.count(state=TaskState.DEAD, name=name)
+            if state_arg == "dead"
+            else 0,
         )
 
     @bp.route("/tasks/<task_id>")
     def detail(task_id: str) -> ResponseReturnValue:
-        info = inspection.get_task(storage(), task_id)
-        if info is None:
-            abort(404)
-        return render_template("plainqueue/detail.html", task=info)
+        return render_template("plainqueue/detail.html", task=existing(task_id))
 
     @bp.route("/tasks/<task_id>/retry", methods=["POST"])
     def retry(task_id: str) -> ResponseReturnValue:
-        info = _existing(storage(), task_id)
+        info = existing(task_id)
         try:
-            done = queue.retry(task_id)
+            done = queue.retry(info.id)
         except PlainQueueError as exc:
             flash(str(exc), "error")
             return redirect(url_for(".detail", task_id=task_id))
@@ -176,8 +172,8 @@ def make_blueprint(queue: PlainQueue, name: str = "plainqueue") -> Blueprint:
 
     @bp.route("/tasks/<task_id>/delete", methods=["POST"])
     def delete(task_id: str) -> ResponseReturnValue:
-        info = _existing(storage(), task_id)
-        if queue.cancel(task_id):
+        info = existing(task_id)
+        if queue.delete(info.id):
             flash(f"Task {info.id} ({info.name}) was deleted.", "ok")
             return redirect(url_for(".tasks", state=info.state.value))
         flash(f"Task {info.id} is running; it cannot be deleted now.", "error")
@@ -186,10 +182,7 @@ def make_blueprint(queue: PlainQueue, name: str = "plainqueue") -> Blueprint:
     @bp.route("/retry-failed", methods=["POST"])
     def retry_failed() -> ResponseReturnValue:
         name = request.form.get("name", "").strip() or None
-        retried = inspection.retry_dead(storage(), name=name)
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-        for worker in list(queue._state(app).workers):
-            worker.wake()
+        retried = queue.retry_failed(name=name)
         scope = f" of {name}" if name else ""
         flash(f"{len(retried)} dead task(s){scope} will run again now.", "ok")
         return redirect(url_for(".tasks", state="dead", name=name or None))
@@ -199,13 +192,6 @@ def make_blueprint(queue: PlainQueue, name: str = "plainqueue") -> Blueprint:
 
 def _text(body: str, status: int) -> ResponseReturnValue:
     return body, status, {"Content-Type": "text/plain; charset=utf-8"}
-
-
-def _existing(storage: Storage, task_id: str) -> inspection.TaskInfo:
-    info = inspection.get_task(storage, task_id)
-    if info is None:
-        abort(404)
-    return info
 
 
 # -- CSRF ---------------------------------------------------------------------
@@ -272,7 +258,7 @@ def _age(value: datetime.datetime | float | None) -> str:
         return "-"
     if isinstance(value, (int, float)):
         return format_age(value)
-    seconds = (inspection.utcnow() - value).total_seconds()
+    seconds = (utcnow() - value).total_seconds()
     if seconds >= 0:
         return f"{format_age(seconds)} ago"
     return f"in {format_age(-seconds)}"

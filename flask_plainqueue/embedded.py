@@ -1,13 +1,18 @@
-"""Where the embedded worker starts and stops: only in the process ``flask run``
-serves from, and at interpreter exit."""
+"""The embedded worker: its thread, and where it starts and stops (only in the
+process ``flask run`` serves from, and at interpreter exit)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
 
 import click
+
+from .worker import Worker
+
+logger = logging.getLogger(__name__)
 
 
 def serving_with_flask_run() -> bool:
@@ -57,3 +62,25 @@ def at_exit(func: Callable[[], object]) -> None:
     import atexit
 
     atexit.register(func)
+
+
+class WorkerThread(threading.Thread):
+    """Runs a :class:`~flask_plainqueue.Worker` in a daemon thread (a greenlet
+    under gevent's monkey-patching). Installs no signal handlers."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__(name="plainqueue-worker", daemon=True)
+        self.worker = worker
+
+    def run(self) -> None:
+        try:
+            self.worker.run()
+        except BaseException:  # a daemon thread: nobody else would hear of it
+            logger.exception("The embedded worker crashed")
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop the worker and wait up to ``timeout`` seconds; returns whether the
+        thread ended."""
+        self.worker.stop(grace=timeout)
+        self.join(None if timeout is None else timeout + 2)
+        return not self.is_alive()

@@ -1,5 +1,13 @@
 """The rules for ``perform``'s arguments: JSON data, due times, priorities and
-unique keys, checked before anything is written (no I/O)."""
+unique keys, each checked before anything is written (no I/O).
+
+Data is encoded here, once, as compact JSON text; the worker decodes it. A
+value is accepted only if it survives the round trip: ``str`` keys only (JSON
+would turn ``1`` into ``"1"`` and silently merge it with ``"1"``), finite
+numbers, text that can be stored as UTF-8 (no lone surrogate), and at most
+:data:`MAX_DEPTH` levels of nesting. A tuple arrives as a list, as with
+Flask's ``jsonify``.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +15,75 @@ import datetime
 import json
 import typing as t
 
+from . import validate
+from .clock import UTC
+from .exceptions import InvalidArgument
 from .exceptions import TaskDataError
-from .storage import new_row
+from .statements import new_row
 
 if t.TYPE_CHECKING:
     from .tasks import JSONValue
     from .tasks import TaskDefinition
 
-UTC = datetime.timezone.utc
+#: A key of ``session.info``: set while the session's transaction is an atomic
+#: task's or a success callback's, which ``perform`` joins instead of
+#: committing (the task is enqueued if, and when, that transaction commits).
+JOIN_SESSION = "plainqueue_join"
+#: How deeply ``data`` may nest lists and dicts.
+MAX_DEPTH = 100
+#: The earliest ``run_at`` accepted.
+EARLIEST = datetime.datetime(1970, 1, 1, tzinfo=UTC)
+
+_SCALARS = (str, int, float, bool, type(None))
+_encode = json.JSONEncoder(
+    allow_nan=False, ensure_ascii=False, separators=(",", ":")
+).encode
+
+
+def encode(name: str, data: object) -> str:
+    """``data`` as JSON text.
+
+    :raises TaskDataError: it is not a JSON value that survives the round trip;
+        the message says why.
+    """
+    try:
+        _check(data, 0)
+        text = _encode(data)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise _data_error(name, str(exc) or type(exc).__name__) from exc
+    if not text.isascii() and not validate.is_utf8(text):
+        raise _data_error(
+            name,
+            "a string holds a lone surrogate (e.g. '\\ud800'), which cannot be"
+            " stored as UTF-8",
+        )
+    return text
+
+
+def _check(value: object, depth: int) -> None:
+    if depth >= MAX_DEPTH:
+        raise ValueError(f"it nests lists and dicts more than {MAX_DEPTH} deep")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(
+                    f"dict keys must be strings, got {key!r}; JSON would turn it"
+                    " into a string"
+                )
+            if not isinstance(item, _SCALARS):
+                _check(item, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            if not isinstance(item, _SCALARS):
+                _check(item, depth + 1)
+
+
+def _data_error(name: str, reason: str) -> TaskDataError:
+    return TaskDataError(
+        f"The data for task {name!r} is not JSON-serialisable: {reason}. Pass"
+        " only dicts with string keys, lists, strings, numbers, booleans and"
+        " None, e.g. an id instead of a model object."
+    )
 
 
 def build_row(
@@ -24,30 +93,23 @@ def build_row(
     run_at: datetime.datetime | None,
     priority: int | None,
     unique_key: str | None,
+    *,
+    now: datetime.datetime,
 ) -> dict[str, t.Any]:
-    """The row ``perform`` inserts, after every argument is checked: the data
-    encoded as JSON, the due time, the priority and the unique key.
+    """The row ``perform`` inserts, after every argument is checked.
 
-    :raises TypeError: data that is not JSON-serialisable (a
-        :class:`~flask_plainqueue.TaskDataError`), or an argument of the wrong type.
-    :raises ValueError: a negative delay, a naive ``run_at``, or both given.
+    :raises TaskDataError: data that is not JSON-serialisable.
+    :raises InvalidArgument: another argument of the wrong type or out of range;
+        the message names it and what is allowed.
     """
-    try:
-        text = json.dumps(data, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise TaskDataError(
-            f"The data for task {definition.name!r} is not JSON-serialisable:"
-            f" {exc}. Pass only dicts, lists, strings, numbers, booleans and"
-            " None, e.g. an id instead of a model object."
-        ) from exc
-    now = datetime.datetime.now(UTC)
+    text = encode(definition.name, data)
     due = due_time(now, delay, run_at)
     if priority is None:
         priority = definition.options.priority
-    elif isinstance(priority, bool) or not isinstance(priority, int):
-        raise TypeError(f"priority must be a whole number, got {priority!r}.")
-    if unique_key is not None and not isinstance(unique_key, str):
-        raise TypeError(f"unique_key must be a string, got {unique_key!r}.")
+    else:
+        priority = validate.whole("priority", priority, error=InvalidArgument)
+    if unique_key is not None:
+        validate.text("unique_key", unique_key, error=InvalidArgument)
     return new_row(
         definition.name,
         queue=definition.options.queue,
@@ -64,26 +126,51 @@ def due_time(
     delay: float | datetime.timedelta | None,
     run_at: datetime.datetime | None,
 ) -> datetime.datetime:
-    """When a task performed at ``now`` with ``delay`` or ``run_at`` is due (UTC)."""
+    """When a task performed at ``now`` with ``delay`` or ``run_at`` is due (UTC).
+
+    :raises InvalidArgument: both given, a bad delay, or a ``run_at`` that is
+        naive or outside 1970 to 100 years from now.
+    """
     if delay is not None and run_at is not None:
-        raise ValueError("Give delay or run_at, not both.")
+        raise InvalidArgument("Give delay or run_at, not both.")
     if run_at is not None:
         if not isinstance(run_at, datetime.datetime):
-            raise TypeError(f"run_at must be a datetime, got {run_at!r}.")
+            raise InvalidArgument(f"run_at must be a datetime, got {run_at!r}.")
         if run_at.tzinfo is None or run_at.utcoffset() is None:
-            raise ValueError(
+            raise InvalidArgument(
                 f"run_at is a naive datetime ({run_at!r}); give it a timezone, e.g."
                 " datetime.now(timezone.utc) + timedelta(minutes=5)."
             )
-        return run_at.astimezone(UTC)
+        latest = now + datetime.timedelta(seconds=validate.MAX_SECONDS)
+        try:
+            due = run_at.astimezone(UTC)
+        except OverflowError:
+            due = None
+        if due is None or not EARLIEST <= due <= latest:
+            raise InvalidArgument(
+                f"run_at must be between {EARLIEST:%Y-%m-%d} and 100 years from"
+                f" now, got {run_at!r}."
+            )
+        return due
     if delay is None:
         return now
-    if isinstance(delay, datetime.timedelta):
-        seconds = delay.total_seconds()
-    elif isinstance(delay, bool) or not isinstance(delay, (int, float)):
-        raise TypeError(f"delay must be seconds or a timedelta, got {delay!r}.")
-    else:
-        seconds = float(delay)
-    if seconds < 0:
-        raise ValueError(f"delay must not be negative, got {delay!r}.")
-    return now + datetime.timedelta(seconds=seconds)
+    return now + datetime.timedelta(
+        seconds=validate.seconds("delay", delay, error=InvalidArgument)
+    )
+
+
+class TaskId(int):
+    """The id :meth:`PlainQueue.perform` returns: an ``int``, equal to
+    ``queue.Task.id`` of the stored row, that also tells whether a row was
+    inserted.
+
+    .. versionadded:: 0.1
+    """
+
+    #: ``False`` when ``unique_key`` matched a waiting task, whose id this is.
+    new: bool
+
+    def __new__(cls, value: int, *, new: bool = True) -> TaskId:
+        self = super().__new__(cls, value)
+        self.new = new
+        return self

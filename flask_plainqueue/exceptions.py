@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime
 
+from .validate import seconds
+
 
 class PlainQueueError(Exception):
     """Base class of every error flask-plainqueue raises on purpose."""
@@ -36,11 +38,37 @@ class TaskDataError(PlainQueueError, TypeError):
     """
 
 
+class InvalidArgument(PlainQueueError, TypeError, ValueError):
+    """An argument of ``perform`` (or of another call) has a type or value that
+    cannot work; the message names the argument and what is allowed.
+
+    It is also a :class:`TypeError` and a :class:`ValueError`, the errors
+    Python raises for such arguments, so existing ``except`` clauses keep
+    working.
+
+    .. versionadded:: 0.1
+    """
+
+
+class UniqueTaskWaiting(PlainQueueError):
+    """The task has a ``unique_key`` and another task with that key waits."""
+
+
+class ScheduleError(PlainQueueError):
+    """No tick of a periodic task's schedule could be computed."""
+
+
+class TransferError(PlainQueueError):
+    """An export file that cannot be imported; the message names the line."""
+
+
 class Retry(PlainQueueError):
     """Raise inside a task to run it again later without counting a failure.
 
     :param delay: seconds (or a :class:`~datetime.timedelta`) to wait before the
         next attempt; ``None`` means the task's ``retry_interval``.
+    :raises InvalidArgument: ``delay`` is not a finite number of seconds within
+        100 years.
     """
 
     def __init__(
@@ -48,9 +76,7 @@ class Retry(PlainQueueError):
         delay: float | datetime.timedelta | None = None,
         message: str | None = None,
     ) -> None:
-        if isinstance(delay, datetime.timedelta):
-            delay = delay.total_seconds()
-        if delay is not None and delay < 0:
-            raise ValueError(f"Retry(delay=...) must not be negative, got {delay!r}.")
+        if delay is not None:
+            delay = seconds("Retry(delay=...)", delay, error=InvalidArgument)
         self.delay: float | None = delay
         super().__init__(message or f"retry requested (delay={delay!r})")

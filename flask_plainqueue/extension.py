@@ -1,66 +1,54 @@
-"""The :class:`PlainQueue` extension: registration, task definitions, enqueueing
-and the embedded worker."""
+"""The :class:`PlainQueue` extension: registration, enqueueing, the public
+read/admin API, and the workers."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
-import logging
-import threading
 import typing as t
 import weakref
 from collections.abc import Callable
 from collections.abc import Iterable
+from collections.abc import Mapping
 
-import sqlalchemy as sa
 from flask import current_app
 from flask import Flask
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from . import signals
+from . import validate
 from .config import QueueConfig
-from .embedded import at_exit
 from .embedded import exit_on_sigterm
 from .embedded import serving_with_flask_run
+from .embedded import WorkerThread
 from .enqueue import build_row
+from .enqueue import JOIN_SESSION
+from .enqueue import TaskId
 from .exceptions import ConfigurationError
-from .models import build_periodic_table
-from .models import build_task_model
-from .models import TaskModel
-from .sqlite import configure_sqlite_engine
-from .storage import Storage
+from .exceptions import InvalidArgument
+from .management import QueueManagement
+from .runtime import AppRuntime
+from .schema import build_tables
+from .schema import Tables
+from .schema import TaskModel
+from .store import Store
 from .tasks import import_task_modules
 from .tasks import JSONValue
+from .tasks import PerformArgs
 from .tasks import TaskDecorators
 from .tasks import TaskDefinition
 from .tasks import TaskRegistry
 from .worker import Worker
-from .worker import WorkerThread
 
 if t.TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
+    from typing_extensions import Unpack
 
-logger = logging.getLogger(__name__)
-
-UTC = datetime.timezone.utc
 _T = t.TypeVar("_T")
 _SESSION_KEY = "plainqueue_after_commit"
 
 
-@dataclasses.dataclass
-class _AppState:
-    """What the extension keeps per registered app."""
-
-    config: QueueConfig
-    storage: Storage
-    workers: list[Worker] = dataclasses.field(default_factory=list)
-    thread: WorkerThread | None = None
-    eager_worker: Worker | None = None
-    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-
-
-class PlainQueue(TaskDecorators):
+class PlainQueue(TaskDecorators, QueueManagement):
     """A persistent task queue stored in the app's own database.
 
     .. code-block:: python
@@ -94,15 +82,15 @@ class PlainQueue(TaskDecorators):
         #: The registered task definitions.
         self.registry = TaskRegistry()
         self._table = table
-        self._model: type[TaskModel] | None = None
-        self._apps: weakref.WeakKeyDictionary[Flask, _AppState] = (
+        self._tables: Tables | None = None
+        # Weak keys: a registered app that is dropped (tests create many) is
+        # freed with its store and engine listeners.
+        self._apps: weakref.WeakKeyDictionary[Flask, AppRuntime] = (
             weakref.WeakKeyDictionary()
         )
         self._dashboard_auth: Callable[[], bool] | None = None
-        self._periodic: sa.Table | None = None
         if db is not None and table is not None:
-            self._model = build_task_model(db, table)
-            self._periodic = build_periodic_table(db, table)
+            self._tables = build_tables(db, table)
         if app is not None:
             self.init_app(app, db)
 
@@ -123,30 +111,26 @@ class PlainQueue(TaskDecorators):
                 " app. Import and use that instance instead."
             )
         db = self._resolve_db(app, db)
+        # Before the defaults are filled in: only a table name the app set
+        # itself can disagree with the queue's.
+        table_set = "PLAINQUEUE_TABLE" in app.config
         config = QueueConfig.from_app(app)
-        if self._model is None:
+        if self._tables is None:
             self._table = self._table or config.table
-            self._model = build_task_model(db, self._table)
-            self._periodic = build_periodic_table(db, self._table)
-        elif self._table != config.table and "PLAINQUEUE_TABLE" in _explicit_keys(app):
+            self._tables = build_tables(db, self._table)
+        elif table_set and self._table != config.table:
             raise ConfigurationError(
                 f"PLAINQUEUE_TABLE is {config.table!r} but this queue's table is"
                 f" {self._table!r}; one PlainQueue has one table. Use the same name"
                 " for every app, or one PlainQueue per table."
             )
         with app.app_context():
-            engine = db.engines[self._model.__table__.info.get("bind_key")]
-        if engine.dialect.name == "sqlite":
-            configure_sqlite_engine(
-                engine,
-                synchronous=config.sqlite_synchronous,
-                busy_timeout=config.sqlite_busy_timeout,
-            )
-        storage = Storage(
-            engine, self._model.__table__, notify=config.notify, periodic=self._periodic
-        )
-        state = _AppState(config=config, storage=storage)
-        self._apps[app] = state
+            engine = db.engines[self._tables.tasks.info.get("bind_key")]
+        store = Store(engine, self._tables, config)
+        for definition in self.registry:
+            _check_for(store, definition)
+        store.backend.configure()
+        self._apps[app] = AppRuntime(app, db, store, self.registry, config)
         app.extensions["plainqueue"] = self
         self._listen_for_commits(db)
         import_task_modules(config.tasks)
@@ -163,6 +147,10 @@ class PlainQueue(TaskDecorators):
         if config.embedded_worker and not app.testing and serving_with_flask_run():
             self.start_worker(app)
             exit_on_sigterm()
+
+    def check_definition(self, definition: TaskDefinition[t.Any, t.Any]) -> None:
+        for state in list(self._apps.values()):
+            _check_for(state.store, definition)
 
     def _resolve_db(self, app: Flask, db: SQLAlchemy | None) -> SQLAlchemy:
         registered = app.extensions.get("sqlalchemy")
@@ -185,7 +173,7 @@ class PlainQueue(TaskDecorators):
         self.db = db
         return t.cast("SQLAlchemy", db)
 
-    def _state(self, app: Flask | None = None) -> _AppState:
+    def _state(self, app: Flask | None = None) -> AppRuntime:
         if app is None:
             try:
                 app = current_app._get_current_object()  # type: ignore[attr-defined]
@@ -205,12 +193,29 @@ class PlainQueue(TaskDecorators):
     @property
     def Task(self) -> type[TaskModel]:  # noqa: N802 - a model class, named like one
         """The mapped model of the queue table (on ``db.metadata``)."""
-        if self._model is None:
+        if self._tables is None:
             raise RuntimeError(
                 "The queue table is mapped when the queue knows its database: call"
                 " 'queue.init_app(app)' first, or pass 'PlainQueue(db=db, table=...)'."
             )
-        return self._model
+        return self._tables.model
+
+    def store(self, app: Flask | None = None) -> Store:
+        """The queue's storage layer for ``app`` (default: the current app): the
+        statements on its engine, for tests and tools. Most code wants the
+        methods below instead.
+
+        .. versionadded:: 0.1
+        """
+        return self._state(app).store
+
+    def settings(self, app: Flask | None = None) -> QueueConfig:
+        """The validated ``PLAINQUEUE_*`` settings of ``app`` (default: the
+        current app).
+
+        .. versionadded:: 0.1
+        """
+        return self._state(app).config
 
     # -- enqueue ------------------------------------------------------------
 
@@ -218,48 +223,63 @@ class PlainQueue(TaskDecorators):
         self,
         task: TaskDefinition[t.Any, t.Any] | str,
         data: JSONValue = None,
-        *,
-        commit: bool = True,
-        delay: float | datetime.timedelta | None = None,
-        run_at: datetime.datetime | None = None,
-        priority: int | None = None,
-        unique_key: str | None = None,
-    ) -> str:
+        **options: Unpack[PerformArgs],
+    ) -> TaskId:
         """Store a task for a worker to run and return its id.
 
         The row goes through the app's ``db.session``. With ``commit=True`` (the
         default) the session is committed, so the task is durable when this
         returns. With ``commit=False`` it is only flushed into the session's
         transaction: it is enqueued when the caller commits and vanishes if the
-        caller rolls back.
+        caller rolls back. Every argument is checked before anything is written,
+        and a bad one leaves the caller's pending work alone.
 
         :param task: a task definition (or its registered name).
-        :param data: one JSON-serialisable value, passed to the function.
+        :param data: one JSON value (string keys only), passed to the function.
         :param commit: commit the session (default) or join its transaction.
         :param delay: run no sooner than this many seconds from now.
         :param run_at: run no sooner than this timezone-aware datetime.
         :param priority: higher is claimed first; default the task's priority.
         :param unique_key: while a task of this name with this key waits or runs,
-            return its id instead of storing another.
-        :raises TypeError: ``data`` is not JSON-serialisable (nothing is written).
-        :raises ValueError: a negative delay, a naive ``run_at``, or both given.
+            return its id (with ``.new`` false) instead of storing another.
+        :returns: the task's id, an ``int`` with ``.new`` telling whether a row
+            was inserted.
+        :raises TaskDataError: ``data`` is not a JSON value (a ``TypeError``).
+        :raises InvalidArgument: another argument is out of range; the message
+            names it (a ``TypeError`` and a ``ValueError``).
         :raises RuntimeError: no app context, or the app is not registered.
         """
+        unknown = set(options) - set(PerformArgs.__annotations__)
+        if unknown:
+            raise InvalidArgument(
+                f"perform() got unknown argument(s): {', '.join(sorted(unknown))}."
+            )
+        session = self._session()
+        # Inside an atomic task or a success callback, join its transaction.
+        commit = validate.flag(
+            "commit", options.get("commit", True), error=InvalidArgument
+        )
+        commit = commit and not session.info.get(JOIN_SESSION)
+        unique_key = options.get("unique_key")
         definition = self._definition(task)
         state = self._state()
-        row = build_row(definition, data, delay, run_at, priority, unique_key)
-        session = t.cast("SQLAlchemy", self.db).session()
+        row = build_row(
+            definition,
+            data,
+            options.get("delay"),
+            options.get("run_at"),
+            options.get("priority"),
+            unique_key,
+            now=state.store.clock(),
+        )
         if unique_key is None:
-            (task_id,) = self._insert(state, session, [row], commit)
+            (task_id,) = state.store.perform(session, [row], commit=commit)
+            new = True
         else:
-            task_id = self._in_transaction(
-                state,
-                session,
-                commit,
-                lambda: state.storage.insert_unique(session, row)[0],
-            )
-        self._enqueued(state, session, [task_id], definition.name, committed=commit)
-        return str(task_id)
+            task_id, new = state.store.perform_unique(session, row, commit=commit)
+        if new:
+            self._enqueued(state, session, [task_id], definition.name, commit, row)
+        return TaskId(task_id, new=new)
 
     def perform_many(
         self,
@@ -270,64 +290,36 @@ class PlainQueue(TaskDecorators):
         delay: float | datetime.timedelta | None = None,
         run_at: datetime.datetime | None = None,
         priority: int | None = None,
-    ) -> list[str]:
+    ) -> list[int]:
         """Store one task per item of ``items`` in one transaction and one
         round trip; return their ids in order. Every item is checked before
         anything is written.
 
-        :raises TypeError: an item is not JSON-serialisable (nothing is written).
+        :raises TaskDataError: an item is not a JSON value (nothing is written).
         """
+        if isinstance(items, (str, bytes, Mapping)):
+            raise InvalidArgument(
+                "perform_many() takes an iterable of data values (one per task) as"
+                f" items, got a {type(items).__name__}; use perform() for one task."
+            )
+        commit = validate.flag("commit", commit, error=InvalidArgument)
         definition = self._definition(task)
         state = self._state()
+        now = state.store.clock()
         rows = [
-            build_row(definition, item, delay, run_at, priority, None) for item in items
+            build_row(definition, item, delay, run_at, priority, None, now=now)
+            for item in items
         ]
         if not rows:
             return []
-        session = t.cast("SQLAlchemy", self.db).session()
-        ids = self._insert(state, session, rows, commit)
-        self._enqueued(state, session, ids, definition.name, committed=commit)
-        return [str(i) for i in ids]
+        session = self._session()
+        commit = commit and not session.info.get(JOIN_SESSION)
+        ids = state.store.perform(session, rows, commit=commit)
+        self._enqueued(state, session, ids, definition.name, commit, rows[0])
+        return ids
 
-    def _insert(
-        self,
-        state: _AppState,
-        session: Session,
-        rows: list[dict[str, t.Any]],
-        commit: bool,
-    ) -> list[int]:
-        storage = state.storage
-        idle = not session.in_transaction() and not (
-            session.new or session.dirty or session.deleted
-        )
-        if commit and idle and storage.hot is not None:
-            # Nothing of the caller's to commit with: one write transaction of its
-            # own on the SQLite driver's cursor, several times faster than the
-            # session's.
-            return storage.hot.insert(rows)
-        return self._in_transaction(
-            state, session, commit, lambda: storage.insert(session, rows)
-        )
-
-    def _in_transaction(
-        self,
-        state: _AppState,
-        session: Session,
-        commit: bool,
-        insert: Callable[[], _T],
-    ) -> _T:
-        """Run ``insert`` in the session's transaction; with ``commit``, take the
-        write lock first (SQLite) and commit the caller's pending work with it."""
-        if not commit:
-            return insert()
-        try:
-            state.storage.begin_session_write(session, discard=False)
-            result = insert()
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        return result
+    def _session(self) -> Session:
+        return t.cast("SQLAlchemy", self.db).session()
 
     def _definition(
         self, task: TaskDefinition[t.Any, t.Any] | str
@@ -335,8 +327,8 @@ class PlainQueue(TaskDecorators):
         if isinstance(task, str):
             return self.registry.get(task)
         if not isinstance(task, TaskDefinition):
-            raise TypeError(
-                f"perform() takes a task definition (a function decorated with"
+            raise InvalidArgument(
+                f"perform() takes as task a task definition (a function decorated with"
                 f" @queue.task) or its name, got {task!r}."
             )
         if task.name not in self.registry or self.registry.get(task.name) is not task:
@@ -347,30 +339,32 @@ class PlainQueue(TaskDecorators):
 
     def _enqueued(
         self,
-        state: _AppState,
+        state: AppRuntime,
         session: Session,
         ids: list[int],
         name: str,
-        *,
         committed: bool,
+        row: dict[str, t.Any],
     ) -> None:
         app = current_app._get_current_object()  # type: ignore[attr-defined]
         for task_id in ids:
             signals.send(signals.task_enqueued, app, task_id=task_id, task=name)
+        # Eager mode runs what is due now; a delayed task waits, as in a worker.
+        due = row["run_at"] <= row["created"]
         if committed:
-            self._after_enqueue(app, state, ids)
+            self._after_enqueue(app, state, ids, due)
         else:
             pending = session.info.setdefault(_SESSION_KEY, [])
-            pending.append((app, ids))
+            pending.append((app, ids, due))
 
-    def _after_enqueue(self, app: Flask, state: _AppState, ids: list[int]) -> None:
+    def _after_enqueue(
+        self, app: Flask, state: AppRuntime, ids: list[int], due: bool
+    ) -> None:
         if state.config.eager:
-            worker = self._eager_worker(app, state)
-            for task_id in ids:
-                worker.run_task(task_id)
+            if due:
+                state.run_eager(ids)
             return
-        for worker in state.workers:
-            worker.wake()
+        state.wake()
 
     def _listen_for_commits(self, db: SQLAlchemy) -> None:
         factory = db.session.session_factory
@@ -381,32 +375,20 @@ class PlainQueue(TaskDecorators):
 
     def _on_commit(self, session: Session) -> None:
         pending = session.info.pop(_SESSION_KEY, None)
-        for app, ids in pending or ():
+        for app, ids, due in pending or ():
             state = self._apps.get(app)
             if state is not None:
-                self._after_enqueue(app, state, ids)
+                self._after_enqueue(app, state, ids, due)
 
     def _on_rollback(self, session: Session) -> None:
         session.info.pop(_SESSION_KEY, None)
 
     # -- running ------------------------------------------------------------
 
-    def _make_worker(self, app: Flask, **kwargs: t.Any) -> Worker:
-        state = self._state(app)
-        return Worker(
-            app,
-            t.cast("SQLAlchemy", self.db),
-            state.storage,
-            self.registry,
-            state.config,
-            **kwargs,
-        )
-
-    def _eager_worker(self, app: Flask, state: _AppState) -> Worker:
-        with state.lock:
-            if state.eager_worker is None:
-                state.eager_worker = self._make_worker(app)
-            return state.eager_worker
+    def wake_workers(self, app: Flask | None = None) -> None:
+        """Cut the idle wait of this process's workers of ``app`` (default: the
+        current app) short: there is work. Enqueueing here does it anyway."""
+        self._state(app).wake()
 
     def worker(
         self,
@@ -415,59 +397,65 @@ class PlainQueue(TaskDecorators):
         concurrency: int | None = None,
         queues: Iterable[str] | None = None,
     ) -> Worker:
-        """A new :class:`~flask_plainqueue.worker.Worker` for ``app`` (default: the
+        """A new :class:`~flask_plainqueue.Worker` for ``app`` (default: the
         current app), for running in a thread or process of your own. Tasks
         enqueued in this process wake it at once."""
-        app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-        worker = self._make_worker(
-            app, concurrency=concurrency, queues=list(queues) if queues else None
+        return self._state(app).worker(
+            concurrency=concurrency, queues=list(queues) if queues else None
         )
-        state = self._state(app)
-        with state.lock:
-            state.workers.append(worker)
-        return worker
 
     def forget_worker(self, worker: Worker) -> None:
         """Stop waking ``worker`` on enqueue (it has stopped)."""
         state = self._apps.get(worker.app)
         if state is not None:
-            with state.lock:
-                if worker in state.workers:
-                    state.workers.remove(worker)
+            state.forget(worker)
 
-    # -- operations -----------------------------------------------------------
+    def drain(self) -> int:
+        """Run every due task of the current app the way the worker does, one
+        claimed batch at a time, until none is due; return how many attempts
+        ran (failed ones count). For tests and scripts.
 
-    def cancel(self, task_id: str | int) -> bool:
-        """Remove a task that is not running (pending, scheduled or dead).
-
-        :returns: ``False`` if it is running (its worker owns it) or gone.
         :raises RuntimeError: no app context.
+        """
+        return self._state().drain()
+
+    def start_worker(
+        self, app: Flask | None = None, *, force: bool = False
+    ) -> WorkerThread:
+        """Start the embedded worker thread for ``app`` (default: the current app)
+        unless it runs already; return it. Under gevent's monkey-patching the
+        thread is a greenlet.
+
+        Use it where ``flask run`` is not the server, e.g. in gunicorn's
+        ``post_fork`` hook.
+
+        :param force: start even when ``app.testing`` is set.
+        :raises RuntimeError: ``app.testing`` is set and ``force`` is not.
+        :raises ConfigurationError: the database pool is too small for
+            ``PLAINQUEUE_CONCURRENCY``.
+        """
+        state = self._state(app)
+        if state.app.testing and not force:
+            raise RuntimeError(
+                "Not starting the embedded worker because 'app.testing' is set; use"
+                " 'queue.drain()' in tests, or 'start_worker(force=True)'."
+            )
+        return state.start_embedded()
+
+    def stop_worker(
+        self, app: Flask | None = None, *, timeout: float | None = None
+    ) -> bool:
+        """Stop the embedded worker: no new claims, running tasks get ``timeout``
+        seconds (default ``PLAINQUEUE_SHUTDOWN_GRACE``) to finish, the rest are
+        handed back. Returns whether it stopped (``True`` if none was running)."""
+        return self._state(app).stop_embedded(timeout)
+
+    def embedded_worker(self, app: Flask | None = None) -> WorkerThread | None:
+        """The embedded worker's thread for ``app`` while it runs, else ``None``.
 
         .. versionadded:: 0.1
         """
-        from . import inspection
-
-        return bool(inspection.delete(self._state().storage, [task_id]))
-
-    def retry(self, task_id: str | int) -> bool:
-        """Make a dead or waiting task due now, with its failure count reset, so
-        it gets ``max_retries`` fresh retries.
-
-        :returns: ``False`` if it is running or gone.
-        :raises flask_plainqueue.inspection.UniqueTaskWaiting: it has a
-            ``unique_key`` that another waiting task holds.
-        :raises RuntimeError: no app context.
-
-        .. versionadded:: 0.1
-        """
-        from . import inspection
-
-        state = self._state()
-        if not inspection.retry_one(state.storage, task_id):
-            return False
-        for worker in list(state.workers):
-            worker.wake()
-        return True
+        return self._state(app).embedded
 
     def dashboard_auth(self, func: Callable[[], bool]) -> Callable[[], bool]:
         """Register the dashboard's authorisation check, as a decorator.
@@ -493,80 +481,19 @@ class PlainQueue(TaskDecorators):
         self._dashboard_auth = func
         return func
 
-    def prune(self) -> int:
-        """Delete dead tasks older than ``PLAINQUEUE_KEEP_FAILED`` now (the worker
-        also does it about once a minute); return how many were deleted."""
-        state = self._state()
-        if state.config.keep_failed is None:
-            return 0
-        before = datetime.datetime.now(UTC) - datetime.timedelta(
-            seconds=state.config.keep_failed
-        )
-        return state.storage.prune(before)
+    def dashboard_check(self) -> Callable[[], bool] | None:
+        """The current app's dashboard authorisation check, if any
+        (``PLAINQUEUE_DASHBOARD_AUTH`` first, then :meth:`dashboard_auth`)."""
+        return self._state().config.dashboard_auth or self._dashboard_auth
 
-    def drain(self) -> int:
-        """Run every due task of the current app the way the worker does, one
-        claimed batch at a time, until none is due; return how many attempts
-        ran (failed ones count). For tests and scripts.
 
-        :raises RuntimeError: no app context.
-        """
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-        worker = self._make_worker(app)
-        try:
-            return worker.drain()
-        finally:
-            worker.close()
-
-    def start_worker(
-        self, app: Flask | None = None, *, force: bool = False
-    ) -> WorkerThread:
-        """Start the embedded worker thread for ``app`` (default: the current app)
-        unless it runs already; return it. Under gevent's monkey-patching the
-        thread is a greenlet.
-
-        Use it where ``flask run`` is not the server, e.g. in gunicorn's
-        ``post_fork`` hook.
-
-        :param force: start even when ``app.testing`` is set.
-        :raises RuntimeError: ``app.testing`` is set and ``force`` is not.
-        """
-        app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-        state = self._state(app)
-        if app.testing and not force:
-            raise RuntimeError(
-                "Not starting the embedded worker because 'app.testing' is set; use"
-                " 'queue.drain()' in tests, or 'start_worker(force=True)'."
+def _check_for(store: Store, definition: TaskDefinition[t.Any, t.Any]) -> None:
+    options = definition.options
+    if options.atomic and options.timeout is not None:
+        if store.backend.write_locks_database:
+            raise ConfigurationError(
+                f"Task {definition.name!r}: atomic=True with timeout= cannot work on"
+                " SQLite: a timed-out atomic task keeps the database's write lock"
+                " until it returns, so its timeout could not be recorded and every"
+                " other write would wait. Drop one of the two options."
             )
-        with state.lock:
-            if state.thread is not None and state.thread.is_alive():
-                return state.thread
-        worker = self.worker(app)
-        thread = WorkerThread(worker)
-        with state.lock:
-            state.thread = thread
-        thread.start()
-        at_exit(lambda: self.stop_worker(app))
-        return thread
-
-    def stop_worker(
-        self, app: Flask | None = None, *, timeout: float | None = None
-    ) -> bool:
-        """Stop the embedded worker: no new claims, running tasks get ``timeout``
-        seconds (default ``PLAINQUEUE_SHUTDOWN_GRACE``), the rest are handed back.
-        Returns whether it stopped (``True`` if none was running)."""
-        app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-        state = self._state(app)
-        with state.lock:
-            thread, state.thread = state.thread, None
-        if thread is None:
-            return True
-        stopped = thread.stop(
-            state.config.shutdown_grace if timeout is None else timeout
-        )
-        self.forget_worker(thread.worker)
-        return stopped
-
-
-def _explicit_keys(app: Flask) -> set[str]:
-    return {k for k in app.config if k.startswith("PLAINQUEUE_")}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+from .validate import MAX_SECONDS
+
 
 def retry_delay(
     failed_nr: int,
@@ -25,13 +27,15 @@ def retry_delay(
     """
     exponent = max(failed_nr - 1, 0)
     try:
-        delay = interval * backoff**exponent
+        # A float power: an int one would compute a huge exact number first.
+        delay = interval * float(backoff) ** exponent
     except OverflowError:
         delay = max_delay
     delay = min(max_delay, delay)
     if jitter > 0 and delay > 0:
         delay *= 1 + (rand or random).uniform(0, jitter)
-    return delay
+    # Whatever the options, a due time computed from the result must fit.
+    return min(delay, MAX_SECONDS)
 
 
 def is_dead(failed_nr: int, max_retries: int) -> bool:

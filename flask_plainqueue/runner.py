@@ -15,14 +15,15 @@ from collections.abc import Callable
 from collections.abc import Sequence
 
 from . import signals
+from .enqueue import JOIN_SESSION
 from .exceptions import Retry
 from .exceptions import TaskDataError
 from .retry import is_dead
 from .retry import retry_delay
-from .storage import ClaimedTask
-from .storage import Failure
-from .storage import Outcomes
-from .storage import Storage
+from .statements import ClaimedTask
+from .statements import Failure
+from .statements import Outcomes
+from .store import Store
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -39,9 +40,34 @@ SETTLED = "settled"
 Outcome = str | Failure
 
 
+#: The longest ``failed_error`` stored (characters): a longer error keeps its
+#: beginning and its end, where the exception's type and message are.
+MAX_ERROR_LENGTH = 64 * 1024
+
+
 def format_error(exc: BaseException) -> str:
-    """The error's type, message and traceback, as stored in ``failed_error``."""
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    """The error's type, message and traceback, as stored in ``failed_error``:
+    text every database can store (no NUL, no lone surrogate), at most
+    :data:`MAX_ERROR_LENGTH` characters."""
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:  # a __str__ that raises
+        text = f"{type(exc).__name__} (its message could not be formatted)"
+    return storable(text)
+
+
+def storable(text: str, limit: int = MAX_ERROR_LENGTH) -> str:
+    """``text`` made storable: NUL and lone surrogates replaced, and cut in the
+    middle to ``limit`` characters."""
+    text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > limit:
+        # The marker's count has at most as many digits as len(text).
+        keep = (limit - len(f"\n[... {len(text)} characters cut ...]\n")) // 2
+        cut = len(text) - 2 * keep
+        text = f"{text[:keep]}\n[... {cut} characters cut ...]\n{text[-keep:]}"
+    return text
 
 
 def collect(outcomes: Outcomes, task: ClaimedTask, outcome: Outcome) -> None:
@@ -57,7 +83,7 @@ class TaskRunner:
 
     :param app: the app whose context each attempt runs in.
     :param db: its Flask-SQLAlchemy instance (the task's ``db.session``).
-    :param storage: writes the success transaction and timed-out failures.
+    :param store: writes the success transaction and timed-out failures.
     :param worker_id: the lease owner the worker claims as.
     :param now: the worker's clock.
     """
@@ -66,19 +92,22 @@ class TaskRunner:
         self,
         app: Flask,
         db: SQLAlchemy,
-        storage: Storage,
+        store: Store,
         worker_id: str,
         now: Callable[[], datetime.datetime],
     ) -> None:
         self.app = app
         self.db = db
-        self.storage = storage
+        self.store = store
         self.id = worker_id
         self._now = now
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
-        self._timed_out: set[tuple[int, int]] = set()
+        # (id, attempt) of timed-out tasks still running: whether the timeout
+        # was recorded.
+        self._timed_out: dict[tuple[int, int], bool] = {}
+        self._interrupt: BaseException | None = None
 
     def close(self) -> None:
         """Stop the event loop of async tasks."""
@@ -97,7 +126,7 @@ class TaskRunner:
         limit = t.cast(float, definition.options.timeout)
         with self.app.app_context():
             for task in tasks:
-                self._timed_out.add((task.id, task.attempts))
+                self._timed_out[(task.id, task.attempts)] = False
                 exc = TimeoutError(
                     f"task {task.name!r} ran past its timeout of {limit}s"
                 )
@@ -107,9 +136,16 @@ class TaskRunner:
                     data = None
                 outcomes.failed.append(self._failed(definition, task, data, exc, limit))
         try:
-            self.storage.settle(self.id, outcomes, self._now())
+            self.store.settle(self.id, outcomes, self._now())
         except Exception:
-            logger.exception("Worker %s: could not record timed-out tasks", self.id)
+            logger.exception(
+                "Worker %s: could not record timed-out tasks; their leases expire"
+                " and they run again",
+                self.id,
+            )
+            return
+        for task in tasks:
+            self._timed_out[(task.id, task.attempts)] = True
 
     def _get_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -125,10 +161,78 @@ class TaskRunner:
                 self._loop, self._loop_thread = loop, thread
             return self._loop
 
+    def take_interrupt(self) -> BaseException | None:
+        """The first ``KeyboardInterrupt`` or ``SystemExit`` a task, a callback
+        or a receiver raised since the last call (each was handled like an
+        exception where it was raised): ``drain()`` re-raises it, a worker
+        only logs it."""
+        with self._lock:
+            exc, self._interrupt = self._interrupt, None
+        return exc
+
+    def take_interrupt_pending(self) -> bool:
+        """Whether :meth:`take_interrupt` has something to give."""
+        return self._interrupt is not None
+
+    def _interrupted(self, exc: BaseException) -> None:
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            with self._lock:
+                if self._interrupt is None:
+                    self._interrupt = exc
+
+    def _send(self, signal: t.Any, **kwargs: t.Any) -> None:
+        try:
+            signals.send(signal, self.app, **kwargs)
+        except BaseException as exc:  # logged by send(); never ends the worker
+            self._interrupted(exc)
+
     def attempt(
         self, definition: TaskDefinition[t.Any, t.Any], task: ClaimedTask
     ) -> Outcome:
-        """Run one claimed task in a fresh app context; return its outcome."""
+        """Run one claimed task in a fresh app context; return its outcome.
+
+        Never raises: whatever goes wrong, even while working out the outcome,
+        the attempt counts (see :meth:`_unrecorded`).
+        """
+        try:
+            return self._attempt(definition, task)
+        except BaseException as exc:
+            self._interrupted(exc)
+            return self._unrecorded(definition, task, exc)
+
+    def _unrecorded(
+        self,
+        definition: TaskDefinition[t.Any, t.Any],
+        task: ClaimedTask,
+        exc: BaseException,
+    ) -> Failure:
+        """The outcome of an attempt whose own outcome could not be worked out:
+        a failed attempt, dead once out of retries, with the error that got in
+        the way."""
+        logger.critical(
+            "Task %s (%s): its outcome could not be recorded (%s: %s); it counts as"
+            " a failed attempt.",
+            task.id,
+            task.name,
+            type(exc).__name__,
+            exc,
+            extra={"task_id": task.id, "task": task.name},
+        )
+        try:
+            options = definition.options
+            dead = is_dead(task.failed_nr + 1, options.max_retries)
+            delay = min(options.retry_interval, 3600.0)
+        except BaseException:
+            dead, delay = True, 0.0
+        error = storable(
+            f"The outcome of this attempt could not be recorded:\n{format_error(exc)}"
+        )
+        run_at = self._now() + datetime.timedelta(seconds=delay)
+        return Failure(task.id, task.attempts, error, run_at, dead)
+
+    def _attempt(
+        self, definition: TaskDefinition[t.Any, t.Any], task: ClaimedTask
+    ) -> Outcome:
         extra = {"task_id": task.id, "task": task.name}
         with self.app.app_context():
             try:
@@ -137,9 +241,8 @@ class TaskRunner:
                 logger.error("Task %s (%s): %s", task.id, task.name, exc, extra=extra)
                 # It is dead without running: receivers hear of it like any death.
                 for signal in (signals.task_failed, signals.task_dead):
-                    signals.send(
+                    self._send(
                         signal,
-                        self.app,
                         task_id=task.id,
                         task=task.name,
                         duration=0.0,
@@ -148,9 +251,7 @@ class TaskRunner:
                 return Failure(
                     task.id, task.attempts, format_error(exc), self._now(), True
                 )
-            signals.send(
-                signals.task_started, self.app, task_id=task.id, task=task.name
-            )
+            self._send(signals.task_started, task_id=task.id, task=task.name)
             if logger.isEnabledFor(logging.INFO):
                 logger.info("Task %s (%s) started", task.id, task.name, extra=extra)
             atomic = definition.options.atomic
@@ -159,11 +260,14 @@ class TaskRunner:
             try:
                 if session is not None:
                     # The task's writes, the success callback's and the row's
-                    # removal commit in this one transaction, or none of them do.
-                    self.storage.begin_session_write(session)
+                    # removal commit in this one transaction, or none of them do;
+                    # a perform() inside joins it.
+                    self.store.begin_session_write(session)
+                    session.info[JOIN_SESSION] = True
                 self._call(definition, data)
             except BaseException as exc:
                 duration = time.perf_counter() - start
+                self._interrupted(exc)
                 if session is not None:
                     session.rollback()
                 if self._discard_if_timed_out(task):
@@ -184,9 +288,8 @@ class TaskRunner:
                     duration,
                     extra=extra,
                 )
-            signals.send(
+            self._send(
                 signals.task_succeeded,
-                self.app,
                 task_id=task.id,
                 task=task.name,
                 duration=duration,
@@ -227,15 +330,17 @@ class TaskRunner:
                 ) from None
 
     def _discard_if_timed_out(self, task: ClaimedTask) -> bool:
-        key = (task.id, task.attempts)
-        if key not in self._timed_out:
+        recorded = self._timed_out.pop((task.id, task.attempts), None)
+        if recorded is None:
             return False
-        self._timed_out.discard(key)
         logger.warning(
-            "Task %s (%s) finished after its timeout; its result is discarded (the"
-            " timeout was recorded as its failure).",
+            "Task %s (%s) finished after its timeout; its result is discarded (%s).",
             task.id,
             task.name,
+            "the timeout was recorded as its failure"
+            if recorded
+            else "the timeout could not be recorded; the task runs again when its"
+            " lease expires",
             extra={"task_id": task.id, "task": task.name},
         )
         return True
@@ -254,10 +359,12 @@ class TaskRunner:
         extra = {"task_id": task.id, "task": task.name}
         try:
             if not atomic:
-                self.storage.begin_session_write(session)
+                self.store.begin_session_write(session)
+            # A perform() in the callback joins the success transaction.
+            session.info[JOIN_SESSION] = True
             if definition.success is not None:
                 definition.success(data)
-            held = self.storage.complete_in_session(session, self.id, task)
+            held = self.store.complete_in_session(session, self.id, task)
             if not held:
                 session.rollback()
                 logger.warning(
@@ -270,7 +377,8 @@ class TaskRunner:
                 return SETTLED
             session.commit()
             return SETTLED
-        except Exception as exc:
+        except BaseException as exc:
+            self._interrupted(exc)
             session.rollback()
             if atomic:
                 # Nothing of the task was committed, so it is a failed attempt.
@@ -299,15 +407,7 @@ class TaskRunner:
             delay,
             extra={"task_id": task.id, "task": task.name},
         )
-        now = self._now()
-        return Failure(
-            task.id,
-            task.attempts,
-            format_error(exc),
-            now + datetime.timedelta(seconds=delay),
-            dead=False,
-            counts=False,
-        )
+        return self._failure(task, exc, delay, dead=False, counts=False)
 
     def _failed(
         self,
@@ -319,9 +419,10 @@ class TaskRunner:
     ) -> Failure:
         options = definition.options
         failed_nr = task.failed_nr + 1
-        retryable = isinstance(exc, options.retry_on)
+        # An interrupt (KeyboardInterrupt, SystemExit) says nothing about the
+        # task: it is retried whatever retry_on says.
+        retryable = isinstance(exc, options.retry_on) or not isinstance(exc, Exception)
         dead = not retryable or is_dead(failed_nr, options.max_retries)
-        now = self._now()
         delay = retry_delay(
             failed_nr,
             interval=options.retry_interval,
@@ -344,7 +445,8 @@ class TaskRunner:
         if definition.failure is not None:
             try:
                 definition.failure(data, exc)
-            except Exception:
+            except BaseException as callback_exc:
+                self._interrupted(callback_exc)
                 logger.exception(
                     "The failure callback of task %s (%s) raised; ignored.",
                     task.id,
@@ -352,16 +454,23 @@ class TaskRunner:
                     extra=extra,
                 )
         kwargs = {"task_id": task.id, "task": task.name, "duration": duration}
-        signals.send(signals.task_failed, self.app, exception=exc, **kwargs)
+        self._send(signals.task_failed, exception=exc, **kwargs)
         if dead:
-            signals.send(signals.task_dead, self.app, exception=exc, **kwargs)
-        return Failure(
-            task.id,
-            task.attempts,
-            format_error(exc),
-            now + datetime.timedelta(seconds=delay),
-            dead=dead,
-        )
+            self._send(signals.task_dead, exception=exc, **kwargs)
+        return self._failure(task, exc, delay, dead=dead)
+
+    def _failure(
+        self,
+        task: ClaimedTask,
+        exc: BaseException,
+        delay: float,
+        *,
+        dead: bool,
+        counts: bool = True,
+    ) -> Failure:
+        """The failed attempt to record: due again ``delay`` seconds from now."""
+        run_at = self._now() + datetime.timedelta(seconds=delay)
+        return Failure(task.id, task.attempts, format_error(exc), run_at, dead, counts)
 
 
 async def _cancel_all_and_stop() -> None:
@@ -387,7 +496,7 @@ def _decode(task: ClaimedTask) -> t.Any:
         return None
     try:
         return json.loads(task.data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise TaskDataError(
             f"Task {task.id} ({task.name}) has data that is not valid JSON, so it"
             f" cannot run: {exc}. It is kept as dead for inspection."

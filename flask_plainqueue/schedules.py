@@ -7,10 +7,18 @@ import datetime
 import typing as t
 import zoneinfo
 
+from .clock import UTC
 from .exceptions import ConfigurationError
+from .exceptions import ScheduleError
+from .validate import MAX_SECONDS
+from .validate import seconds
 
-UTC = datetime.timezone.utc
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_2000 = datetime.datetime(2000, 1, 1, tzinfo=UTC)
+#: The shortest interval of an ``every=`` schedule.
+MIN_EVERY = datetime.timedelta(seconds=1)
+#: How far croniter looks for the next tick before giving up.
+MAX_YEARS_BETWEEN_TICKS = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,11 +46,23 @@ class Schedule:
                 raise ConfigurationError(
                     f"every must be a timedelta, got {self.every!r}."
                 )
-            if self.every.total_seconds() <= 0:
+            seconds(
+                "every",
+                self.every,
+                error=ConfigurationError,
+                positive=True,
+                maximum=MAX_SECONDS,
+            )
+            if self.every < MIN_EVERY:
                 raise ConfigurationError(
-                    f"every must be longer than zero, got {self.every!r}."
+                    f"every must be at least {MIN_EVERY}, got {self.every!r}."
                 )
         if self.tz is not None:
+            if not isinstance(self.tz, str):
+                raise ConfigurationError(
+                    f"tz must be the name of a time zone such as 'Europe/Paris',"
+                    f" got {self.tz!r}."
+                )
             try:
                 zoneinfo.ZoneInfo(self.tz)
             except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
@@ -56,6 +76,17 @@ class Schedule:
                     f"cron={self.cron!r} is not a valid cron expression (croniter"
                     " syntax, e.g. '*/5 * * * *')."
                 )
+            # croniter accepts expressions that never match (February 30th);
+            # finding the next two ticks within a bounded search refuses them
+            # here instead of at the worker's first tick.
+            try:
+                first = self.next(_EPOCH_2000)
+                self.next(first)
+            except ScheduleError as exc:
+                raise ConfigurationError(
+                    f"cron={self.cron!r} never matches (no tick within"
+                    f" {MAX_YEARS_BETWEEN_TICKS} years); check the day and month."
+                ) from exc
 
     def latest(self, now: datetime.datetime) -> datetime.datetime:
         """The last tick at or before ``now`` (UTC)."""
@@ -66,15 +97,27 @@ class Schedule:
         local = now.astimezone(self._zone())
         # croniter's get_prev is strictly before its start, so start just after now.
         start = local + datetime.timedelta(microseconds=1)
-        tick = _croniter()(self.cron, start).get_prev(datetime.datetime)
-        return t.cast(datetime.datetime, tick).astimezone(UTC)
+        return self._cron_tick(start, prev=True)
 
     def next(self, now: datetime.datetime) -> datetime.datetime:
         """The first tick after ``now`` (UTC)."""
         if self.every is not None:
             return self.latest(now) + self.every
-        local = now.astimezone(self._zone())
-        tick = _croniter()(self.cron, local).get_next(datetime.datetime)
+        return self._cron_tick(now.astimezone(self._zone()), prev=False)
+
+    def _cron_tick(self, start: datetime.datetime, *, prev: bool) -> datetime.datetime:
+        croniter = _croniter()
+        try:
+            it = croniter(
+                self.cron, start, max_years_between_matches=MAX_YEARS_BETWEEN_TICKS
+            )
+            tick = (
+                it.get_prev(datetime.datetime)
+                if prev
+                else it.get_next(datetime.datetime)
+            )
+        except (ValueError, OverflowError) as exc:  # croniter's errors are ValueErrors
+            raise ScheduleError(f"no tick of cron {self.cron!r} near {start}") from exc
         return t.cast(datetime.datetime, tick).astimezone(UTC)
 
     def _zone(self) -> datetime.tzinfo:

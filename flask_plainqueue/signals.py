@@ -1,7 +1,7 @@
 """Blinker signals sent as tasks and workers run.
 
 Each is sent with the Flask app as sender. Receivers get keyword arguments:
-``task_id`` (a string, as ``perform`` returns it) and ``task`` (the task name)
+``task_id`` (an int, as ``perform`` returns it) and ``task`` (the task name)
 for task signals, plus ``duration`` (seconds) where an attempt finished and
 ``exception`` where it failed. A receiver that raises is logged and skipped; it
 never breaks the worker. Receivers run synchronously in the thread that sends:
@@ -41,22 +41,24 @@ worker_stopped = _signals.signal("plainqueue.worker-stopped")
 def send(signal: Signal, sender: object, **kwargs: t.Any) -> None:
     """Send ``signal`` to each receiver in turn, logging (not raising) a
     receiver's exception so one bad receiver neither breaks the caller nor
-    starves the others.
-
-    A ``task_id`` is passed on as a string, the form
-    :meth:`~flask_plainqueue.PlainQueue.perform` returns, so receivers can
-    compare the two.
+    starves the others. A ``KeyboardInterrupt`` or ``SystemExit`` is raised
+    again once every receiver ran.
     """
     if not signal.receivers:
         return
-    if kwargs.get("task_id") is not None:
-        kwargs["task_id"] = str(kwargs["task_id"])
+    interrupt: BaseException | None = None
     for receiver in signal.receivers_for(sender):
         try:
             receiver(sender, **kwargs)
-        except Exception:
+        except BaseException as exc:
             logger.exception(
                 "A receiver of %s raised; ignored.",
                 getattr(signal, "name", repr(signal)),
                 extra={"task_id": kwargs.get("task_id"), "task": kwargs.get("task")},
             )
+            if not isinstance(exc, Exception) and interrupt is None:
+                interrupt = exc
+    if interrupt is not None:
+        # KeyboardInterrupt or SystemExit: the others heard the signal first;
+        # the sender decides (a worker logs it, your own thread gets it).
+        raise interrupt

@@ -1,11 +1,13 @@
-"""SQLite specifics: the connection pragmas, the ``PRAGMA data_version`` change
-probe, and the hottest statements run on the driver's own cursor."""
+"""The SQLite backend: the connection pragmas, ``BEGIN IMMEDIATE`` write
+transactions, the claim and the plain enqueue on the driver's own cursor, and
+the ``PRAGMA data_version`` change probe."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime
 import logging
+import sqlite3
 import threading
 import typing as t
 from collections.abc import Callable
@@ -15,43 +17,20 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Dialect
-from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
-from .models import UTCDateTime
-
-if t.TYPE_CHECKING:
-    from .storage import Outcomes
-    from .storage import Storage
+from .backend import Backend
+from .backend import ChangeCallback
+from .statements import ClaimRequest
+from .statements import Outcomes
 
 logger = logging.getLogger(__name__)
 
-
-def configure_sqlite_engine(
-    engine: Engine, *, synchronous: str, busy_timeout: float
-) -> None:
-    """Set WAL, ``synchronous`` and a busy timeout on every new SQLite connection
-    of ``engine``.
-
-    Only the pragmas are set: how the app's own sessions begin transactions is
-    left alone, and the queue takes the write lock up front
-    (``BEGIN IMMEDIATE``) only in its own write transactions.
-    """
-    timeout_ms = int(busy_timeout * 1000)
-
-    def on_connect(dbapi_connection: t.Any, connection_record: object) -> None:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(f"PRAGMA busy_timeout = {timeout_ms}")
-            cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute(f"PRAGMA synchronous = {synchronous}")
-        finally:
-            cursor.close()
-
-    if not event.contains(engine, "connect", on_connect):
-        event.listen(engine, "connect", on_connect)
-    # Connections opened before the listener existed would miss the pragmas.
-    engine.dispose(close=False)
+#: How often the change probe asks ``PRAGMA data_version`` whether another
+#: connection committed: a cheap check instead of a query on the table.
+PROBE_INTERVAL = 0.01
 
 
 def utc_text(value: datetime.datetime) -> str:
@@ -67,8 +46,8 @@ def utc_text(value: datetime.datetime) -> str:
 
 class Compiled:
     """A Core statement compiled once for SQLite, with its parameters converted by
-    the columns' own types (so a timestamp is stored exactly as SQLAlchemy stores
-    it), to run on the driver's cursor without SQLAlchemy's per-execution work."""
+    the columns' own types (a timestamp as :func:`utc_text`), to run on the
+    driver's cursor without SQLAlchemy's per-execution work."""
 
     def __init__(self, stmt: sa.Executable, dialect: Dialect) -> None:
         compiled = stmt.compile(dialect=dialect)  # type: ignore[attr-defined]
@@ -77,7 +56,7 @@ class Compiled:
         plan: list[tuple[str, Callable[[t.Any], t.Any] | None]] = []
         for key in compiled.positiontup or ():
             bind = compiled.binds[key]
-            if isinstance(bind.type, UTCDateTime):
+            if isinstance(bind.type, sa.DateTime):
                 processor: Callable[[t.Any], t.Any] | None = utc_text
             else:
                 processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
@@ -94,73 +73,77 @@ class Compiled:
         return tuple(out)
 
 
-class HotPath:
-    """The worker's claim transaction and the plain enqueue on the SQLite driver's
-    cursor: the same SQL as :class:`~flask_plainqueue.storage.Storage` builds, a
-    third of the Python work per statement."""
+class SQLiteBackend(Backend):
+    """SQLite: WAL, ``synchronous`` and a busy timeout on every connection; the
+    write lock taken up front (``BEGIN IMMEDIATE``) in the queue's own
+    transactions; the worker's claim and the plain enqueue on the driver's
+    cursor, a third of SQLAlchemy's Python work per statement."""
 
-    def __init__(self, storage: Storage) -> None:
-        self._storage = storage
-        self._dialect = storage.engine.dialect
+    dialect = "sqlite"
+    write_locks_database = True
+
+    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        super().__init__(*args, **kwargs)
         self._cache: dict[t.Hashable, Compiled] = {}
         self._local = threading.local()
 
-    def _compiled(
-        self, key: t.Hashable, build: Callable[[], sa.Executable]
-    ) -> Compiled:
-        compiled = self._cache.get(key)
-        if compiled is None:
-            compiled = self._cache[key] = Compiled(build(), self._dialect)
-        return compiled
+    def configure(self) -> None:
+        """Set WAL, ``synchronous`` and a busy timeout on every new connection.
 
-    def _compiled_statement(self, stmt: sa.Executable) -> Compiled:
-        compiled = self._cache.get(stmt)
-        if compiled is None:
-            compiled = self._cache[stmt] = Compiled(stmt, self._dialect)
-        return compiled
+        Only the pragmas are set: how the app's own sessions begin transactions
+        is left alone, and the queue takes the write lock up front only in its
+        own write transactions.
+        """
+        timeout_ms = int(self.config.sqlite_busy_timeout * 1000)
+        synchronous = self.config.sqlite_synchronous
 
-    def claim(
-        self,
-        owner: str,
-        names: Sequence[str],
-        batch_sizes: Mapping[str, int],
-        now: datetime.datetime,
-        until: datetime.datetime,
-        queues: Sequence[str] | None,
-        outcomes: Outcomes | None,
-    ) -> list[tuple[t.Any, ...]]:
-        """As :meth:`Storage.claim`, in one ``BEGIN IMMEDIATE`` transaction."""
-        with self._write() as cursor:
-            if outcomes:
-                for stmt, param_sets in self._storage.settle_params(
-                    owner, outcomes, now
-                ):
-                    compiled = self._compiled_statement(stmt)
-                    cursor.executemany(
-                        compiled.sql, [compiled.args(p) for p in param_sets]
-                    )
-            return self._claim_rows(
-                cursor, owner, names, batch_sizes, now, until, queues
-            )
+        def on_connect(dbapi_connection: t.Any, connection_record: object) -> None:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(f"PRAGMA busy_timeout = {timeout_ms}")
+                cursor.execute("PRAGMA journal_mode = WAL")
+                cursor.execute(f"PRAGMA synchronous = {synchronous}")
+            finally:
+                cursor.close()
+
+        event.listen(self.engine, "connect", on_connect)
+        # Connections opened before the listener existed would miss the pragmas.
+        self.engine.dispose(close=False)
+
+    # -- transactions -------------------------------------------------------
+
+    def begin_write(self, conn: Connection) -> None:
+        # The write lock up front: a concurrent writer waits for the busy
+        # timeout instead of failing when a read transaction tries to upgrade.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    def begin_session_write(self, session: Session, *, discard: bool) -> None:
+        super().begin_session_write(session, discard=discard)
+        connection = session.connection()
+        if not connection.connection.driver_connection.in_transaction:  # type: ignore[union-attr]
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     @contextlib.contextmanager
-    def pinned(self) -> Iterator[None]:
-        """Keep one pooled connection for this thread's claims while in the block,
-        instead of checking one out of the pool per transaction (a claim loop)."""
-        raw = self._storage.engine.raw_connection()
-        self._local.raw = raw
-        try:
-            yield
-        finally:
-            self._local.raw = None
-            raw.close()
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[t.Any]:
+    def _cursor(self) -> Iterator[t.Any]:
         """A driver cursor in a ``BEGIN IMMEDIATE`` transaction, committed on
-        success, on this thread's pinned connection or a pooled one."""
+        success, on this thread's pinned connection or a pooled one.
+
+        The driver's errors are raised as SQLAlchemy's (``database is locked``
+        as :class:`sqlalchemy.exc.OperationalError`), the same type whichever
+        path a statement took.
+        """
+        try:
+            with self._raw_cursor() as cursor:
+                yield cursor
+        except sqlite3.Error as exc:
+            raise sa.exc.DBAPIError.instance(
+                None, None, exc, sqlite3.Error, dialect=self.engine.dialect
+            ) from exc
+
+    @contextlib.contextmanager
+    def _raw_cursor(self) -> Iterator[t.Any]:
         pinned = getattr(self._local, "raw", None)
-        raw = pinned or self._storage.engine.raw_connection()
+        raw = pinned or self.engine.raw_connection()
         try:
             cursor = raw.cursor()
             try:
@@ -176,49 +159,27 @@ class HotPath:
             if pinned is None:
                 raw.close()
 
-    def _claim_rows(
-        self,
-        cursor: t.Any,
-        owner: str,
-        names: Sequence[str],
-        batch_sizes: Mapping[str, int],
-        now: datetime.datetime,
-        until: datetime.datetime,
-        queues: Sequence[str] | None,
-    ) -> list[tuple[t.Any, ...]]:
-        if not names:
-            return []
-        s = self._storage
-        params: dict[str, t.Any] = {"now": now}
-        params.update(s.queue_params(queues))
-        if len(names) == 1:
-            name = names[0]
-        else:
-            shape = (len(names), None if queues is None else len(queues))
-            head = self._compiled(("head", shape), lambda: s.head_statement(*shape))
-            params.update(s.name_params(names))
-            heads = cursor.execute(head.sql, head.args(params)).fetchall()
-            if not heads:
-                return []
-            # One row per name at most: the first in claim order wins.
-            name = min(heads, key=lambda r: (-r[1], r[2], r[3]))[0]
-        shape_q = None if queues is None else len(queues)
-        claim = self._compiled(("claim", shape_q), lambda: s.claim_statement(shape_q))
-        params.update(owner=owner, until=until, p_name=name, limit=batch_sizes[name])
-        claimed: list[tuple[t.Any, ...]] = cursor.execute(
-            claim.sql, claim.args(params)
-        ).fetchall()
-        return claimed
+    def _compiled(
+        self, key: t.Hashable, build: Callable[[], sa.Executable]
+    ) -> Compiled:
+        compiled = self._cache.get(key)
+        if compiled is None:
+            compiled = self._cache[key] = Compiled(build(), self.engine.dialect)
+        return compiled
 
-    def insert(self, rows: Sequence[Mapping[str, t.Any]]) -> list[int]:
-        """Insert ``rows`` in a write transaction of their own and commit; return
-        their ids in order."""
-        s = self._storage
+    def compiled_statements(self) -> list[str]:
+        """The SQL this backend ran on the driver's cursor (for plan checks)."""
+        return [c.sql for c in self._cache.values()]
+
+    # -- enqueue ------------------------------------------------------------
+
+    def enqueue(self, rows: Sequence[Mapping[str, t.Any]]) -> list[int]:
+        table = self.statements.table
         insert = self._compiled(
             ("insert", tuple(rows[0])),
-            lambda: sa.insert(s.table).values({k: sa.bindparam(k) for k in rows[0]}),
+            lambda: sa.insert(table).values({k: sa.bindparam(k) for k in rows[0]}),
         )
-        with self._write() as cursor:
+        with self._cursor() as cursor:
             if len(rows) == 1:
                 cursor.execute(insert.sql, insert.args(rows[0]))
             else:
@@ -227,42 +188,151 @@ class HotPath:
             last: int = cursor.execute("SELECT last_insert_rowid()").fetchone()[0]
         return list(range(last - len(rows) + 1, last + 1))
 
+    def upsert(self, table: sa.Table) -> t.Any:
+        from sqlalchemy.dialects.sqlite import insert
+
+        return insert(table)
+
+    # -- the worker ---------------------------------------------------------
+
+    def claim(
+        self, request: ClaimRequest, outcomes: Outcomes | None
+    ) -> list[tuple[t.Any, ...]]:
+        s = self.statements
+        with self._cursor() as cursor:
+            if outcomes:
+                for stmt, param_sets in s.settle_params(
+                    request.owner, outcomes, request.now
+                ):
+                    compiled = self._compiled(stmt, lambda: stmt)  # noqa: B023
+                    cursor.executemany(
+                        compiled.sql, [compiled.args(p) for p in param_sets]
+                    )
+
+            def heads(
+                names: int, queues: int | None, params: dict[str, t.Any]
+            ) -> list[t.Any]:
+                head = self._compiled(
+                    ("head", names, queues), lambda: s.head(names, queues)
+                )
+                rows: list[t.Any] = cursor.execute(
+                    head.sql, head.args(params)
+                ).fetchall()
+                return rows
+
+            picked = self.claim_params(request, heads)
+            if picked is None:
+                return []
+            queues, params = picked
+            claim = self._compiled(
+                ("claim", queues),
+                lambda: s.claim_where(
+                    s.table.c.id.in_(s.pick(queues).scalar_subquery())
+                ),
+            )
+            rows: list[tuple[t.Any, ...]] = cursor.execute(
+                claim.sql, claim.args(params)
+            ).fetchall()
+            return rows
+
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Keep one connection of its own, outside the pool, for this thread's
+        claims while in the block, instead of checking one out per claim."""
+        raw = self.engine.raw_connection()
+        raw.detach()
+        self._local.raw = raw
+        try:
+            yield
+        finally:
+            self._local.raw = None
+            raw.close()
+
+    def watcher(self, on_change: ChangeCallback, name: str) -> ChangeProbe:
+        return ChangeProbe(self, on_change, name=name)
+
+    def is_missing_table(self, exc: BaseException) -> bool:
+        # The cursor paths raise the driver's own errors, unwrapped.
+        orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+        return isinstance(orig, sqlite3.OperationalError) and "no such table" in str(
+            orig
+        )
+
 
 class ChangeProbe:
-    """Tells whether another connection committed to the SQLite file, via
-    ``PRAGMA data_version`` on a connection of its own (microseconds, no table
-    read)."""
+    """Wakes a worker when another connection commits to the SQLite file: a
+    thread asks ``PRAGMA data_version`` every :data:`PROBE_INTERVAL` seconds, on
+    a connection of its own outside the pool (microseconds, no table read)."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._conn: t.Any = None
-        self._version: int | None = None
+    def __init__(
+        self, backend: SQLiteBackend, on_change: ChangeCallback, *, name: str
+    ) -> None:
+        self._backend = backend
+        self._on_change = on_change
+        self._name = name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._running = False
 
-    def changed(self) -> bool:
+    @property
+    def reliable(self) -> bool:
+        return self._running
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name=f"plainqueue-probe-{self._name}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5.0)
+
+    def _run(self) -> None:
+        conn: t.Any = None
+        version: int | None = None
         try:
-            if self._conn is None:
-                self._conn = self._engine.raw_connection()
-            cursor = self._conn.cursor()
-            try:
-                cursor.execute("PRAGMA data_version")
-                version = cursor.fetchone()[0]
-            finally:
-                cursor.close()
+            while not self._stop.is_set():
+                try:
+                    if conn is None:
+                        raw = self._backend.engine.raw_connection()
+                        raw.detach()
+                        conn = raw
+                    cursor = conn.cursor()
+                    try:
+                        cursor.execute("PRAGMA data_version")
+                        current = cursor.fetchone()[0]
+                    finally:
+                        cursor.close()
+                    self._running = True
+                except Exception:
+                    logger.exception(
+                        "Worker %s: PRAGMA data_version failed; polling instead",
+                        self._name,
+                    )
+                    self._running = False
+                    _close(conn)
+                    conn = None
+                    version = None
+                    self._stop.wait(1.0)
+                    continue
+                if version is not None and current != version:
+                    try:
+                        self._on_change("")
+                    except Exception:
+                        logger.exception("Worker %s: waking failed", self._name)
+                version = current
+                self._stop.wait(PROBE_INTERVAL)
+        finally:
+            self._running = False
+            _close(conn)
+
+
+def _close(conn: t.Any) -> None:
+    if conn is not None:
+        try:
+            conn.close()
         except Exception:
-            logger.exception("PRAGMA data_version failed; polling instead")
-            self.reset()
-            return True
-        previous, self._version = self._version, version
-        return previous is not None and version != previous
-
-    def reset(self) -> None:
-        self.close()
-        self._version = None
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                logger.debug("closing the probe connection failed", exc_info=True)
+            logger.debug("closing the probe connection failed", exc_info=True)

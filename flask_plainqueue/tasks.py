@@ -14,13 +14,14 @@ from collections.abc import Iterator
 from collections.abc import Mapping
 from collections.abc import Sequence
 
+from . import validate
 from .exceptions import ConfigurationError
 from .exceptions import DuplicateTaskName
 from .exceptions import UnknownTask
+from .schedules import Schedule
 
 if t.TYPE_CHECKING:
-    from .extension import PlainQueue
-    from .schedules import Schedule
+    from typing_extensions import Unpack
 
 #: A value that survives a JSON round trip: what ``perform`` accepts as ``data``.
 #: ``Sequence`` and ``Mapping``, not the invariant ``list`` and ``dict``, so that
@@ -35,71 +36,176 @@ R = t.TypeVar("R")
 SuccessCallback = Callable[[t.Any], object]
 FailureCallback = Callable[[t.Any, BaseException], object]
 
+#: The most tasks one claim may take (``batch_size``).
+MAX_BATCH_SIZE = 1000
+#: The longest task name and queue name (their columns' lengths).
+MAX_NAME_LENGTH = 255
+MAX_QUEUE_LENGTH = 100
+
+
+class TaskOptionArgs(t.TypedDict, total=False):
+    """The keyword arguments of :meth:`~flask_plainqueue.PlainQueue.task` and
+    :meth:`~flask_plainqueue.PlainQueue.periodic`; each is described on
+    :class:`TaskOptions`."""
+
+    name: str | None
+    success: SuccessCallback | None
+    failure: FailureCallback | None
+    batch_size: int
+    max_retries: int
+    retry_interval: float | datetime.timedelta
+    retry_backoff: float
+    retry_jitter: float
+    retry_max_delay: float | datetime.timedelta
+    retry_on: type[BaseException] | Iterable[type[BaseException]]
+    poll_interval: float | datetime.timedelta | None
+    queue: str
+    priority: int
+    timeout: float | datetime.timedelta | None
+    atomic: bool
+
 
 @dataclasses.dataclass(frozen=True)
 class TaskOptions:
-    """How the worker runs one task definition."""
+    """How the worker runs one task definition: the options of
+    :meth:`~flask_plainqueue.PlainQueue.task`, checked.
 
+    :raises ConfigurationError: an option has a wrong type or is out of range;
+        the message names it and what is allowed.
+    """
+
+    #: How many due tasks of this name a worker claims at once and runs
+    #: concurrently (1 to 1,000).
     batch_size: int = 1
+    #: Failures allowed before the task is kept as dead; it runs at most
+    #: ``max_retries + 1`` times.
     max_retries: int = 5
+    #: Seconds before the first retry.
     retry_interval: float = 3.0
+    #: The factor the interval grows by with each failure (1 to 100).
     retry_backoff: float = 1.0
+    #: Up to this fraction is added to each wait at random (0 to 10).
     retry_jitter: float = 0.0
+    #: The longest wait between attempts (seconds).
     retry_max_delay: float = 3600.0
+    #: Exception classes that are retried; others make the task dead at once.
     retry_on: tuple[type[BaseException], ...] = (Exception,)
+    #: How often an idle worker polls for this task; default
+    #: ``PLAINQUEUE_POLL_INTERVAL``.
     poll_interval: float | None = None
+    #: The queue name, for ``flask queue work --queue``.
     queue: str = "default"
+    #: Tasks of higher priority are claimed first.
     priority: int = 0
+    #: Seconds an attempt may run before it is failed with a ``TimeoutError``
+    #: (a coroutine is cancelled; a sync function's thread runs on and its
+    #: result is discarded).
     timeout: float | None = None
+    #: The function's ``db.session`` writes, the success callback's and the
+    #: row's removal commit in one transaction, or none of them do.
     atomic: bool = False
 
     def __post_init__(self) -> None:
+        err = ConfigurationError
+        set_ = object.__setattr__
+        set_(
+            self,
+            "batch_size",
+            validate.whole(
+                "batch_size",
+                self.batch_size,
+                error=err,
+                minimum=1,
+                maximum=MAX_BATCH_SIZE,
+            ),
+        )
+        set_(
+            self,
+            "max_retries",
+            validate.whole("max_retries", self.max_retries, error=err, minimum=0),
+        )
+        set_(self, "priority", validate.whole("priority", self.priority, error=err))
+        for key in ("retry_interval", "retry_max_delay"):
+            set_(self, key, validate.seconds(key, getattr(self, key), error=err))
+        set_(
+            self,
+            "retry_jitter",
+            _number("retry_jitter", self.retry_jitter, 0.0, 10.0),
+        )
+        set_(
+            self,
+            "retry_backoff",
+            _number("retry_backoff", self.retry_backoff, 1.0, 100.0),
+        )
         if self.timeout is not None:
-            _check_seconds("timeout", self.timeout, positive=True)
-        if not isinstance(self.atomic, bool):
-            raise ConfigurationError(
-                f"atomic must be True or False, got {self.atomic!r}."
+            set_(
+                self,
+                "timeout",
+                validate.seconds("timeout", self.timeout, error=err, positive=True),
             )
-        _check_int("batch_size", self.batch_size, minimum=1)
-        _check_int("max_retries", self.max_retries, minimum=0)
-        _check_int("priority", self.priority, minimum=None)
-        _check_seconds("retry_interval", self.retry_interval)
-        _check_seconds("retry_max_delay", self.retry_max_delay)
-        _check_seconds("retry_jitter", self.retry_jitter)
         if self.poll_interval is not None:
-            _check_seconds("poll_interval", self.poll_interval, positive=True)
-        if (
-            isinstance(self.retry_backoff, bool)
-            or not isinstance(self.retry_backoff, (int, float))
-            or self.retry_backoff < 1
+            set_(
+                self,
+                "poll_interval",
+                validate.seconds(
+                    "poll_interval",
+                    self.poll_interval,
+                    error=err,
+                    positive=True,
+                    maximum=3600.0,
+                ),
+            )
+        validate.flag("atomic", self.atomic, error=err)
+        validate.text("queue", self.queue, error=err, max_length=MAX_QUEUE_LENGTH)
+        retry_on: t.Any = self.retry_on
+        if isinstance(retry_on, type):
+            retry_on = (retry_on,)
+        try:
+            retry_on = tuple(retry_on)
+        except TypeError:
+            retry_on = None
+        if not retry_on or not all(
+            isinstance(e, type) and issubclass(e, BaseException) for e in retry_on
         ):
             raise ConfigurationError(
-                f"retry_backoff must be a number of 1 or more, got {self.retry_backoff!r}."
+                "retry_on must be an exception class or a tuple of them, got"
+                f" {self.retry_on!r}."
             )
-        if not isinstance(self.queue, str) or not self.queue:
-            raise ConfigurationError(
-                f"queue must be a non-empty string, got {self.queue!r}."
-            )
-        if not all(
-            isinstance(e, type) and issubclass(e, BaseException) for e in self.retry_on
-        ):
-            raise ConfigurationError(
-                f"retry_on must be a tuple of exception classes, got {self.retry_on!r}."
-            )
+        set_(self, "retry_on", retry_on)
 
 
-def _check_int(name: str, value: object, *, minimum: int | None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigurationError(f"{name} must be a whole number, got {value!r}.")
-    if minimum is not None and value < minimum:
-        raise ConfigurationError(f"{name} must be {minimum} or more, got {value!r}.")
+def _number(name: str, value: object, low: float, high: float) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not low <= value <= high  # also refuses NaN
+    ):
+        raise ConfigurationError(
+            f"{name} must be a number from {low:g} to {high:g}, got {value!r}."
+        )
+    return float(value)
 
 
-def _check_seconds(name: str, value: object, *, positive: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}.")
-    if value < 0 or (positive and value == 0):
-        raise ConfigurationError(f"{name} must not be negative or zero, got {value!r}.")
+class PerformArgs(t.TypedDict, total=False):
+    """The keyword arguments of :meth:`~flask_plainqueue.PlainQueue.perform`
+    (described there)."""
+
+    commit: bool
+    delay: float | datetime.timedelta | None
+    run_at: datetime.datetime | None
+    priority: int | None
+    unique_key: str | None
+
+
+class Enqueuer(t.Protocol):
+    """What a task definition needs of its queue: to store a task for it."""
+
+    def perform(
+        self,
+        task: TaskDefinition[t.Any, t.Any],
+        data: JSONValue = None,
+        **options: Unpack[PerformArgs],
+    ) -> int: ...
 
 
 class TaskDefinition(t.Generic[P, R]):
@@ -113,7 +219,7 @@ class TaskDefinition(t.Generic[P, R]):
 
     def __init__(
         self,
-        queue: PlainQueue,
+        queue: Enqueuer,
         func: Callable[P, R],
         *,
         name: str,
@@ -151,26 +257,9 @@ class TaskDefinition(t.Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)
 
-    def perform(
-        self,
-        data: JSONValue = None,
-        *,
-        commit: bool = True,
-        delay: float | datetime.timedelta | None = None,
-        run_at: datetime.datetime | None = None,
-        priority: int | None = None,
-        unique_key: str | None = None,
-    ) -> str:
+    def perform(self, data: JSONValue = None, **options: Unpack[PerformArgs]) -> int:
         """Store a task for this definition; see :meth:`PlainQueue.perform`."""
-        return self._queue.perform(
-            self,
-            data,
-            commit=commit,
-            delay=delay,
-            run_at=run_at,
-            priority=priority,
-            unique_key=unique_key,
-        )
+        return self._queue.perform(self, data, **options)
 
     def __repr__(self) -> str:
         return f"<TaskDefinition {self.name!r}>"
@@ -220,14 +309,14 @@ class TaskRegistry:
         """
         try:
             return self._tasks[name]
-        except KeyError:
+        except (KeyError, TypeError):
             raise UnknownTask(
                 f"No task named {name!r} is registered. Import the module that"
                 " defines it, e.g. with PLAINQUEUE_TASKS."
             ) from None
 
     def __contains__(self, name: object) -> bool:
-        return name in self._tasks
+        return isinstance(name, str) and name in self._tasks
 
     def __iter__(self) -> Iterator[TaskDefinition[t.Any, t.Any]]:
         return iter(list(self._tasks.values()))
@@ -238,6 +327,10 @@ class TaskRegistry:
     def names(self) -> list[str]:
         """The registered names, sorted."""
         return sorted(self._tasks)
+
+    def queues(self) -> set[str]:
+        """The queues the registered definitions declare."""
+        return {d.options.queue for d in self._tasks.values()}
 
 
 def import_task_modules(names: t.Iterable[str]) -> None:
@@ -272,100 +365,33 @@ class TaskDecorators:
 
     @t.overload
     def task(
-        self,
-        func: None = None,
-        /,
-        *,
-        name: str | None = None,
-        batch_size: int = 1,
-        success: SuccessCallback | None = None,
-        failure: FailureCallback | None = None,
-        max_retries: int = 5,
-        retry_interval: float = 3.0,
-        retry_backoff: float = 1.0,
-        retry_jitter: float = 0.0,
-        retry_max_delay: float = 3600.0,
-        retry_on: Iterable[type[BaseException]] = (Exception,),
-        poll_interval: float | None = None,
-        queue: str = "default",
-        priority: int = 0,
-        timeout: float | None = None,
-        atomic: bool = False,
+        self, func: None = None, /, **options: Unpack[TaskOptionArgs]
     ) -> Callable[[Callable[P, R]], TaskDefinition[P, R]]: ...
 
     def task(
         self,
         func: Callable[P, R] | None = None,
         /,
-        *,
-        name: str | None = None,
-        batch_size: int = 1,
-        success: SuccessCallback | None = None,
-        failure: FailureCallback | None = None,
-        max_retries: int = 5,
-        retry_interval: float = 3.0,
-        retry_backoff: float = 1.0,
-        retry_jitter: float = 0.0,
-        retry_max_delay: float = 3600.0,
-        retry_on: Iterable[type[BaseException]] = (Exception,),
-        poll_interval: float | None = None,
-        queue: str = "default",
-        priority: int = 0,
-        timeout: float | None = None,
-        atomic: bool = False,
+        **options: Unpack[TaskOptionArgs],
     ) -> TaskDefinition[P, R] | Callable[[Callable[P, R]], TaskDefinition[P, R]]:
         """Register a function as a task definition; usable bare (``@queue.task``)
         or with options.
 
         :param name: stored in each row; default ``module.qualname``. Set it, so
             renaming the function cannot orphan waiting tasks.
-        :param batch_size: how many due tasks of this name a worker claims at once
-            and runs concurrently.
         :param success: ``success(data)`` after a successful run; its database
             writes commit together with the row's removal.
         :param failure: ``failure(data, exception)`` after each failed attempt.
-        :param max_retries: failures allowed before the task is kept as dead; it
-            runs at most ``max_retries + 1`` times.
-        :param retry_interval: seconds before the first retry.
-        :param retry_backoff: factor the interval grows by with each failure.
-        :param retry_jitter: up to this fraction is added to each wait at random.
-        :param retry_max_delay: the longest wait between attempts.
-        :param retry_on: exception classes that are retried; others make the task
-            dead at once.
-        :param poll_interval: how often an idle worker polls for this task;
-            default ``PLAINQUEUE_POLL_INTERVAL``.
-        :param queue: the queue name, for ``flask queue work --queue``.
-        :param priority: tasks of higher priority are claimed first.
-        :param timeout: seconds an attempt may run before it is failed with a
-            :class:`TimeoutError` (a coroutine is cancelled; a sync function's
-            thread runs on and its result is discarded).
-        :param atomic: the function's ``db.session`` writes, the success
-            callback's and the row's removal commit in one transaction, or none.
+        :param options: the other options, described on :class:`TaskOptions`:
+            ``batch_size``, ``max_retries``, ``retry_interval``,
+            ``retry_backoff``, ``retry_jitter``, ``retry_max_delay``,
+            ``retry_on``, ``poll_interval``, ``queue``, ``priority``,
+            ``timeout`` and ``atomic``.
         :raises DuplicateTaskName: the name is taken by another function.
-        :raises ConfigurationError: an option is out of range.
+        :raises ConfigurationError: an option is out of range or unknown.
         """
-        return self._decorator(
-            func,
-            name=name,
-            success=success,
-            failure=failure,
-            schedule=None,
-            catch_up=True,
-            options=dict(
-                batch_size=batch_size,
-                max_retries=max_retries,
-                retry_interval=retry_interval,
-                retry_backoff=retry_backoff,
-                retry_jitter=retry_jitter,
-                retry_max_delay=retry_max_delay,
-                retry_on=tuple(retry_on),
-                poll_interval=poll_interval,
-                queue=queue,
-                priority=priority,
-                timeout=timeout,
-                atomic=atomic,
-            ),
-        )
+        decorator = self._decorator(options, schedule=None, catch_up=True)
+        return decorator if func is None else decorator(func)
 
     def periodic(
         self,
@@ -374,15 +400,7 @@ class TaskDecorators:
         every: datetime.timedelta | None = None,
         tz: str | None = None,
         catch_up: bool = True,
-        name: str | None = None,
-        success: SuccessCallback | None = None,
-        failure: FailureCallback | None = None,
-        max_retries: int = 0,
-        retry_interval: float = 3.0,
-        queue: str = "default",
-        priority: int = 0,
-        timeout: float | None = None,
-        atomic: bool = False,
+        **options: Unpack[TaskOptionArgs],
     ) -> Callable[[Callable[P, R]], TaskDefinition[P, R]]:
         """Register a function that runs on a schedule, once per tick however many
         workers run: a ``cron`` expression (croniter syntax, in ``tz``, UTC by
@@ -395,50 +413,33 @@ class TaskDecorators:
         Other options are as for :meth:`task`; ``max_retries`` defaults to 0,
         since the next tick comes anyway.
 
-        :raises ConfigurationError: a bad cron expression, ``every`` not
-            positive, both or neither given, an unknown ``tz``.
+        :raises ConfigurationError: a bad or never-matching cron expression,
+            ``every`` not positive, both or neither given, an unknown ``tz``.
         """
-        from .schedules import Schedule
-
         schedule = Schedule(cron=cron, every=every, tz=tz)
-        if not isinstance(catch_up, bool):
-            raise ConfigurationError(
-                f"catch_up must be True or False, got {catch_up!r}."
-            )
-
-        def decorator(f: Callable[P, R]) -> TaskDefinition[P, R]:
-            definition = self._decorator(
-                f,
-                name=name,
-                success=success,
-                failure=failure,
-                schedule=schedule,
-                catch_up=catch_up,
-                options=dict(
-                    max_retries=max_retries,
-                    retry_interval=retry_interval,
-                    queue=queue,
-                    priority=priority,
-                    timeout=timeout,
-                    atomic=atomic,
-                ),
-            )
-            return t.cast("TaskDefinition[P, R]", definition)
-
-        return decorator
+        validate.flag("catch_up", catch_up, error=ConfigurationError)
+        options.setdefault("max_retries", 0)
+        return self._decorator(options, schedule=schedule, catch_up=catch_up)
 
     def _decorator(
         self,
-        func: Callable[P, R] | None,
+        options: TaskOptionArgs,
         *,
-        name: str | None,
-        success: SuccessCallback | None,
-        failure: FailureCallback | None,
-        schedule: t.Any,
+        schedule: Schedule | None,
         catch_up: bool,
-        options: dict[str, t.Any],
-    ) -> TaskDefinition[P, R] | Callable[[Callable[P, R]], TaskDefinition[P, R]]:
-        task_options = TaskOptions(**options)
+    ) -> Callable[[Callable[P, R]], TaskDefinition[P, R]]:
+        args: dict[str, t.Any] = dict(options)
+        name: str | None = args.pop("name", None)
+        success: SuccessCallback | None = args.pop("success", None)
+        failure: FailureCallback | None = args.pop("failure", None)
+        unknown = set(args) - {f.name for f in dataclasses.fields(TaskOptions)}
+        if unknown:
+            raise ConfigurationError(
+                f"Unknown task option(s): {', '.join(sorted(unknown))}."
+            )
+        task_options = TaskOptions(**args)
+        if name is not None:
+            validate.text("name", name, error=ConfigurationError)
         for label, callback in (("success", success), ("failure", failure)):
             if callback is not None and not callable(callback):
                 raise ConfigurationError(f"{label} must be callable, got {callback!r}.")
@@ -452,18 +453,27 @@ class TaskDecorators:
                     " lives on the event loop, outside the atomic transaction."
                 )
             definition = TaskDefinition(
-                t.cast("PlainQueue", self),
+                t.cast(Enqueuer, self),
                 f,
-                name=name or default_name(f),
+                name=name
+                or validate.text(
+                    "name (module.qualname)", default_name(f), error=ConfigurationError
+                ),
                 options=task_options,
                 success=success,
                 failure=failure,
                 schedule=schedule,
                 catch_up=catch_up,
             )
+            self.check_definition(definition)
             self.registry.add(definition)
             return definition
 
-        if func is not None:
-            return decorator(func)
         return decorator
+
+    def check_definition(self, definition: TaskDefinition[t.Any, t.Any]) -> None:
+        """Refuse a definition that cannot work where the queue stores its tasks
+        (called before it is registered).
+
+        :raises ConfigurationError: it cannot work.
+        """

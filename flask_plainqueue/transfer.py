@@ -1,5 +1,6 @@
-"""``flask queue export`` and ``flask queue import``: move stored tasks from one
-database to another (e.g. from SQLite to PostgreSQL) as JSON Lines.
+"""Moving stored tasks from one database to another (e.g. from SQLite to
+PostgreSQL) as JSON Lines: the library half of ``flask queue export`` and
+``flask queue import``.
 
 One line per task, an object with the task's columns: ``name``, ``queue``,
 ``priority``, ``data`` (the decoded JSON value), ``created``, ``run_at``
@@ -18,22 +19,21 @@ import typing as t
 from collections.abc import Iterable
 from collections.abc import Iterator
 
-import click
 import sqlalchemy as sa
-from flask import current_app
-from flask.cli import AppGroup
 
-from .exceptions import PlainQueueError
-from .models import STATUS_DEAD
-from .models import STATUS_QUEUED
+from . import validate
+from .clock import as_utc
+from .clock import UTC
+from .enqueue import encode
+from .enqueue import MAX_DEPTH
+from .exceptions import TransferError
+from .schema import STATUS_DEAD
+from .schema import STATUS_QUEUED
+from .tasks import MAX_NAME_LENGTH
+from .tasks import MAX_QUEUE_LENGTH
 
 if t.TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
-    from .extension import PlainQueue
-    from .storage import Storage
-
-UTC = datetime.timezone.utc
+    from .store import Store
 
 #: Rows inserted per statement on import.
 IMPORT_CHUNK = 1000
@@ -52,10 +52,6 @@ _FIELDS = (
     "failed_error",
     "unique_key",
 )
-
-
-class TransferError(PlainQueueError):
-    """An export file that cannot be imported; the message names the line."""
 
 
 @dataclasses.dataclass
@@ -87,7 +83,7 @@ class ImportResult:
 
 
 def export_tasks(
-    storage: Storage,
+    store: Store,
     out: t.TextIO,
     *,
     include_dead: bool = False,
@@ -96,8 +92,8 @@ def export_tasks(
     """Write the queue's waiting tasks (due, scheduled and running; with
     ``include_dead`` dead ones too) to ``out``, one JSON object per line, in id
     order. Reads in chunks, so the table may be large."""
-    now = now or datetime.datetime.now(UTC)
-    c = storage.table.c
+    now = now or store.clock()
+    c = store.table.c
     stmt = sa.select(
         *(c[name] for name in _FIELDS if name != "data"), c.data, c.lease_owner
     )
@@ -105,12 +101,16 @@ def export_tasks(
         stmt = stmt.where(c.status == STATUS_QUEUED)
     stmt = stmt.order_by(c.id)
     result = ExportResult()
-    with storage.engine.connect() as conn:
+    with store.read() as conn:
         rows = conn.execution_options(yield_per=1000).execute(stmt)
         for row in rows:
             record = _record(row, now, result)
-            out.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
-            out.write("\n")
+            line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+            if not validate.is_utf8(line):
+                # A hand-written row's lone surrogate: escaped, the line is
+                # still valid UTF-8 (and imports as what is stored).
+                line = json.dumps(record, separators=(",", ":"))
+            out.write(line + "\n")
     return result
 
 
@@ -122,7 +122,7 @@ def _record(
     for name in _FIELDS:
         value = m[name]
         if isinstance(value, datetime.datetime):
-            value = value.astimezone(UTC).isoformat()
+            value = as_utc(value).isoformat()
         record[name] = value
     text = m["data"]
     if text is None:
@@ -137,7 +137,7 @@ def _record(
     result.count += 1
     if m["status"] == STATUS_DEAD:
         result.dead += 1
-    elif m["lease_owner"] is not None and m["run_at"] > now:
+    elif m["lease_owner"] is not None and as_utc(m["run_at"]) > now:
         # run_at is the lease's expiry here, not when the task was due.
         record["run_at"] = now.isoformat()
         result.running += 1
@@ -145,14 +145,13 @@ def _record(
 
 
 def import_tasks(
-    storage: Storage,
-    session: Session,
+    store: Store,
     lines: Iterable[str],
     *,
     known_names: t.Collection[str] = (),
 ) -> ImportResult:
-    """Insert the tasks of an export through ``session`` in one transaction, and
-    commit it: all of them, or (on an error) none.
+    """Insert the tasks of an export in one transaction of their own: all of
+    them, or (on an error) none. The caller's session is left alone.
 
     Every line is checked before anything is written. A waiting task whose
     ``unique_key`` is already taken by a waiting task of the same name is
@@ -160,13 +159,10 @@ def import_tasks(
 
     :raises TransferError: a line is not a valid task; the message names it.
     """
-    rows = list(_parse(lines, postgresql=storage.dialect == "postgresql"))
+    rows = list(_parse(lines))
     result = ImportResult()
     result.unknown_names = {r["name"] for r in rows} - set(known_names)
-    if session.in_transaction():
-        session.commit()
-    storage.begin_session_write(session)
-    try:
+    with store.write() as conn:
         # In file order, so ids keep the export's order (claims break ties by id).
         chunk: list[dict[str, t.Any]] = []
         for row in rows:
@@ -175,65 +171,80 @@ def import_tasks(
                 if len(chunk) < IMPORT_CHUNK:
                     continue
             if chunk:
-                result.count += len(storage.insert(session, chunk))
+                result.count += len(store.insert(conn, chunk))
                 chunk = []
             if row["unique_key"] is not None and row["status"] == STATUS_QUEUED:
-                _, new = storage.insert_unique(session, row)
+                _, new = store.insert_unique(conn, row)
                 if new:
                     result.count += 1
                 else:
                     result.duplicates += 1
         if chunk:
-            result.count += len(storage.insert(session, chunk))
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
+            result.count += len(store.insert(conn, chunk))
+        if result.count:
+            store.notify(conn)
     return result
 
 
-def _parse(lines: Iterable[str], *, postgresql: bool) -> Iterator[dict[str, t.Any]]:
-    for number, line in enumerate(lines, 1):
+def _parse(lines: Iterable[str]) -> Iterator[dict[str, t.Any]]:
+    number = 0
+    iterator = iter(lines)
+    while True:
+        number += 1
+        try:
+            line = next(iterator)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as exc:
+            raise TransferError(
+                f"Line {number} is not valid UTF-8 ({exc.reason}); an export is"
+                " UTF-8 text. Nothing was imported."
+            ) from exc
         if not line.strip():
             continue
         try:
-            yield _row(json.loads(line), postgresql)
-        except (ValueError, TypeError, KeyError) as exc:
+            yield _row(json.loads(line))
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
             detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
             raise TransferError(
                 f"Line {number} is not a task exported by 'flask queue export':"
-                f" {detail}. Fix or remove the line; nothing was imported."
+                f" {detail.rstrip('.')}. Fix or remove the line; nothing was"
+                " imported."
             ) from exc
 
 
-def _row(record: t.Any, postgresql: bool) -> dict[str, t.Any]:
+def _row(record: t.Any) -> dict[str, t.Any]:
     if not isinstance(record, dict):
         raise ValueError("expected a JSON object")
-    name = _text(record, "name")
+    name = _text(record, "name", max_length=MAX_NAME_LENGTH)
     if "data_text" in record:
         data = record["data_text"]
-        if not isinstance(data, str):
-            raise ValueError("data_text must be a string")
-        if postgresql:
-            raise ValueError(
-                "its data is not valid JSON, which PostgreSQL's jsonb cannot store"
-            )
+        if not isinstance(data, str) or not validate.is_utf8(data) or "\x00" in data:
+            raise ValueError("data_text must be a string of UTF-8 text")
     else:
-        data = json.dumps(record["data"], allow_nan=False, separators=(",", ":"))
+        try:
+            data = encode(name, record["data"])
+        except TypeError as exc:  # a TaskDataError, naming the task
+            raise ValueError(
+                f"its data cannot be stored (string keys, finite numbers, UTF-8"
+                f" text, at most {MAX_DEPTH} levels): {exc}"
+            ) from exc
     status = record.get("status", STATUS_QUEUED)
     if status not in (STATUS_QUEUED, STATUS_DEAD):
         raise ValueError(f"status must be {STATUS_QUEUED!r} or {STATUS_DEAD!r}")
     created = _time(record, "created")
     unique_key = record.get("unique_key")
-    if unique_key is not None and not isinstance(unique_key, str):
-        raise ValueError("unique_key must be a string or null")
+    if unique_key is not None:
+        validate.text("unique_key", unique_key, error=ValueError)
     failed_error = record.get("failed_error")
-    if failed_error is not None and not isinstance(failed_error, str):
-        raise ValueError("failed_error must be a string or null")
+    if failed_error is not None and (
+        not isinstance(failed_error, str) or not validate.is_utf8(failed_error)
+    ):
+        raise ValueError("failed_error must be a string of UTF-8 text or null")
     return {
         "name": name,
-        "queue": _text(record, "queue", "default"),
-        "priority": _int(record, "priority", minimum=None),
+        "queue": _text(record, "queue", "default", max_length=MAX_QUEUE_LENGTH),
+        "priority": _int(record, "priority", minimum=validate.INT32[0]),
         "data": data,
         "created": created,
         "run_at": _time(record, "run_at", created),
@@ -247,22 +258,23 @@ def _row(record: t.Any, postgresql: bool) -> dict[str, t.Any]:
 
 
 _MISSING: t.Any = object()
+_EARLIEST = datetime.datetime(1, 1, 2, tzinfo=UTC)
+_TOO_LATE = datetime.datetime(9999, 1, 1, tzinfo=UTC)
 
 
-def _text(record: dict[str, t.Any], key: str, default: t.Any = _MISSING) -> str:
+def _text(
+    record: dict[str, t.Any],
+    key: str,
+    default: t.Any = _MISSING,
+    *,
+    max_length: int,
+) -> str:
     value = record[key] if default is _MISSING else record.get(key, default)
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{key} must be a non-empty string")
-    return value
+    return validate.text(key, value, error=ValueError, max_length=max_length)
 
 
-def _int(record: dict[str, t.Any], key: str, *, minimum: int | None = 0) -> int:
-    value = record.get(key, 0)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{key} must be a whole number")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{key} must be {minimum} or more")
-    return value
+def _int(record: dict[str, t.Any], key: str, *, minimum: int = 0) -> int:
+    return validate.whole(key, record.get(key, 0), error=ValueError, minimum=minimum)
 
 
 def _time(record: dict[str, t.Any], key: str, default: t.Any = _MISSING) -> t.Any:
@@ -276,78 +288,10 @@ def _time(record: dict[str, t.Any], key: str, default: t.Any = _MISSING) -> t.An
     parsed = datetime.datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         raise ValueError(f"{key} has no timezone (expected e.g. '+00:00')")
-    return parsed.astimezone(UTC)
-
-
-def add_commands(group: AppGroup, queue: PlainQueue) -> None:
-    """Add ``export`` and ``import`` to the ``flask queue`` group."""
-
-    @group.command("export", short_help="Write waiting tasks as JSON Lines.")
-    @click.argument("output", type=click.File("w", encoding="utf-8"), default="-")
-    @click.option(
-        "--include-dead",
-        is_flag=True,
-        help="Export dead tasks too (kept for inspection).",
-    )
-    def export_command(output: t.TextIO, include_dead: bool) -> None:
-        """Write the queue's waiting tasks (due, scheduled, running) to OUTPUT
-        (default: standard output), one JSON object per line, for ``flask queue
-        import`` in another app or database.
-
-        Stop the workers first: a task a worker holds is exported as due now,
-        and would run again if the worker finished it after all.
-        """
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-        storage = queue._state(app).storage
-        result = export_tasks(storage, output, include_dead=include_dead)
-        output.flush()
-        name = getattr(output, "name", "-")
-        where = "standard output" if name in ("-", "<stdout>") else name
-        click.echo(
-            f"Exported {result.count} task{'s' if result.count != 1 else ''}"
-            f" ({result.dead} dead) to {where}.",
-            err=True,
-        )
-        if result.running:
-            click.echo(
-                f"Warning: {result.running} task(s) were held by a running worker and"
-                " were exported as due now; stop the workers before exporting so no"
-                " task runs in both places.",
-                err=True,
-            )
-        if result.undecodable:
-            click.echo(
-                f"Warning: {result.undecodable} task(s) have data that is not valid"
-                " JSON; exported as 'data_text'.",
-                err=True,
-            )
-
-    @group.command("import", short_help="Store tasks from a 'flask queue export' file.")
-    @click.argument("source", type=click.File("r", encoding="utf-8"), default="-")
-    def import_command(source: t.TextIO) -> None:
-        """Store the tasks in SOURCE (a file written by ``flask queue export``, or
-        ``-`` for standard input) in this app's queue, in one transaction: all of
-        them or, on an error, none. New ids are assigned."""
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-        storage = queue._state(app).storage
-        db = queue.db
-        assert db is not None
-        try:
-            result = import_tasks(
-                storage, db.session(), source, known_names=queue.registry.names()
-            )
-        except TransferError as exc:
-            raise click.ClickException(str(exc)) from exc
-        message = f"Imported {result.count} task{'s' if result.count != 1 else ''}"
-        if result.duplicates:
-            message += (
-                f"; skipped {result.duplicates} whose unique_key a waiting task"
-                " already has"
-            )
-        click.echo(message + ".")
-        for name in sorted(result.unknown_names):
-            click.echo(
-                f"Warning: no task definition named {name!r} is registered in this"
-                " app; its tasks were imported and wait for a worker that knows it.",
-                err=True,
-            )
+    try:
+        parsed = parsed.astimezone(UTC)
+    except OverflowError:
+        parsed = _TOO_LATE
+    if not _EARLIEST <= parsed < _TOO_LATE:
+        raise ValueError(f"{key} must be between the years 1 and 9998, got {value!r}")
+    return parsed

@@ -123,3 +123,12 @@ def env(database_uri: str, tmp_path: Path) -> Iterator[Env]:
 def app_ctx(env: Env) -> Iterator[None]:
     with env.app.app_context():
         yield
+
+
+@pytest.fixture
+def unopened_uri(tmp_path: Path) -> Iterator[str]:
+    """A SQLite URI for unit tests, which build apps but never open a database:
+    fails the test if anything created the file."""
+    path = tmp_path / "never-opened.db"
+    yield f"sqlite:///{path}"
+    assert not path.exists(), "a unit test opened the database"

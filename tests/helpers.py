@@ -256,8 +256,9 @@ class ProcApp:
             **extra,
         )
 
-    def perform(self, task: str, data: t.Any = None) -> str:
-        """Enqueue from this process (another writer on the same file)."""
+    def perform(self, task: str, data: t.Any = None) -> int:
+        """Enqueue from this process (another writer on the same file); return
+        the task's id."""
         with self.app.app_context():
             return self.module.queue.perform(task, data)
 

@@ -1,5 +1,5 @@
 """The dashboard behind a login, shown on the dashboard page and run by
-``tests/test_dashboard.py``."""
+``tests/integration/test_dashboard.py``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Moving the tasks waiting in a plainweb ``tasks`` table into flask-plainqueue:
-the example of docs/migrating.rst, run by tests/test_docs.py."""
+the example of docs/migrating.rst, run by tests/integration/test_docs.py."""
 
 from __future__ import annotations
 

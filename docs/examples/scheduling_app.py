@@ -1,4 +1,4 @@
-"""The examples of docs/scheduling.rst; tests/test_docs_scheduling.py runs them."""
+"""The examples of docs/scheduling.rst; tests/integration/test_docs_scheduling.py runs them."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def create_app(database_uri: str) -> Flask:
     return app
 
 
-def enqueue_examples() -> list[str]:
+def enqueue_examples() -> list[int]:
     """The perform calls the page shows; returns the ids."""
     # [perform]
     in_30_s = queue.perform(send, {"to": "a@example.com"}, delay=30)

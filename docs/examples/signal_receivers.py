@@ -1,5 +1,5 @@
 """Receivers of flask-plainqueue's signals, shown on the signals page and run by
-``tests/test_signals.py``."""
+``tests/integration/test_signals.py``."""
 
 from __future__ import annotations
 

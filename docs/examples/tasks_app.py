@@ -1,4 +1,4 @@
-"""The examples of docs/tasks.rst, run by tests/test_docs.py."""
+"""The examples of docs/tasks.rst, run by tests/integration/test_docs.py."""
 
 from __future__ import annotations
 

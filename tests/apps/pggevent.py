@@ -20,6 +20,7 @@ from flask import Flask  # noqa: E402
 from flask_sqlalchemy import SQLAlchemy  # noqa: E402
 
 from flask_plainqueue import PlainQueue  # noqa: E402
+from flask_plainqueue.postgresql import Listener  # noqa: E402
 
 
 def make(poll: float) -> tuple[Flask, SQLAlchemy, PlainQueue]:
@@ -53,8 +54,9 @@ def main() -> int:
     thread = worker_queue.start_worker(worker_app, force=True)
     listener = None
     for _ in range(1000):
-        listener = thread.worker._listener
-        if listener is not None:
+        watcher = thread.worker.watcher
+        if isinstance(watcher, Listener):
+            listener = watcher
             break
         threading.Event().wait(0.01)
     if listener is None or not listener.wait_listening(30):

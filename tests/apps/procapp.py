@@ -181,7 +181,7 @@ def create_app(**config: t.Any) -> Flask:
 
 def worker_state(app: Flask) -> dict[str, t.Any]:
     """Whether this process has an embedded worker, and its thread names."""
-    thread = queue._state(app).thread
+    thread = queue.embedded_worker(app)
     return {
         "pid": os.getpid(),
         "embedded": thread is not None and thread.is_alive(),

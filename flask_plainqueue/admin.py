@@ -1,0 +1,419 @@
+"""Reading and administering stored tasks: what the public read/admin API of
+:class:`~flask_plainqueue.PlainQueue` (and through it ``flask queue`` and the
+dashboard) runs.
+
+Every function takes a :class:`~.store.Store`, builds its statements with
+SQLAlchemy Core, and never touches ``current_app``. A task's
+:class:`~.schema.TaskState` is derived from its row at a given time ``now``:
+
+- ``dead``: ``status`` is ``'dead'`` (out of retries);
+- ``running``: claimed (``lease_owner`` set) and the lease has not expired
+  (``run_at > now``);
+- ``pending``: due (``run_at <= now``), including a row whose lease expired;
+- ``scheduled``: waiting for a later ``run_at`` (a delay or a retry back-off).
+"""
+
+from __future__ import annotations
+
+import datetime
+import typing as t
+from collections.abc import Collection
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from .clock import as_utc
+from .exceptions import UniqueTaskWaiting
+from .info import displayable
+from .info import QueueStatus
+from .info import STATES
+from .info import TaskInfo
+from .info import valid_id
+from .schema import STATUS_DEAD
+from .schema import STATUS_QUEUED
+from .schema import TaskState
+
+if t.TYPE_CHECKING:
+    from .store import Store
+
+#: Tasks changed per transaction by :func:`retry_dead`, so a big retry never
+#: holds the write lock for long.
+RETRY_BATCH = 1000
+
+
+# -- state ------------------------------------------------------------------
+
+
+def _state_expr(store: Store, now: datetime.datetime) -> sa.ColumnElement[str]:
+    c = store.table.c
+    return sa.case(
+        (c.status == STATUS_DEAD, TaskState.DEAD.value),
+        (
+            sa.and_(c.lease_owner.is_not(None), c.run_at > now),
+            TaskState.RUNNING.value,
+        ),
+        (c.run_at <= now, TaskState.PENDING.value),
+        else_=TaskState.SCHEDULED.value,
+    )
+
+
+def _not_running(store: Store, now: datetime.datetime) -> sa.ColumnElement[bool]:
+    c = store.table.c
+    return sa.or_(c.status == STATUS_DEAD, c.lease_owner.is_(None), c.run_at <= now)
+
+
+def _columns(store: Store, now: datetime.datetime) -> list[sa.ColumnElement[t.Any]]:
+    c = store.table.c
+    return [
+        c.id,
+        c.name,
+        c.queue,
+        c.priority,
+        _state_expr(store, now).label("state"),
+        c.data,
+        # Read as stored, so one corrupt timestamp (a hand-written row on
+        # SQLite) is shown as it is instead of failing the whole query.
+        sa.type_coerce(c.created, sa.String).label("created"),
+        sa.type_coerce(c.run_at, sa.String).label("run_at"),
+        c.attempts,
+        c.failed_nr,
+        sa.type_coerce(c.failed_last, sa.String).label("failed_last"),
+        c.failed_error,
+        c.lease_owner,
+        c.unique_key,
+    ]
+
+
+def _info(row: sa.Row[t.Any]) -> TaskInfo:
+    """A row as :class:`TaskInfo`, whatever a hand-written row holds: a value
+    that cannot be read is kept, as text, in ``TaskInfo.invalid``."""
+    m = row._mapping
+    invalid: dict[str, str] = {}
+
+    def when(key: str) -> datetime.datetime | None:
+        value = m[key]
+        if value is None or isinstance(value, datetime.datetime):
+            return None if value is None else as_utc(value)
+        try:
+            return as_utc(datetime.datetime.fromisoformat(str(value)))
+        except ValueError:
+            invalid[key] = displayable(str(value))
+            return None
+
+    def whole(key: str) -> int:
+        value = m[key]
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        invalid[key] = displayable(str(value))
+        return 0
+
+    created = when("created")
+    run_at = when("run_at")
+    return TaskInfo(
+        id=int(m["id"]),
+        name=displayable(m["name"]),
+        queue=displayable(m["queue"]),
+        priority=whole("priority"),
+        state=TaskState(m["state"]),
+        data=None if m["data"] is None else displayable(m["data"]),
+        created=created or _UNREADABLE,
+        run_at=run_at or _UNREADABLE,
+        attempts=whole("attempts"),
+        failed_nr=whole("failed_nr"),
+        failed_last=when("failed_last"),
+        error=None if m["failed_error"] is None else displayable(m["failed_error"]),
+        lease_owner=None if m["lease_owner"] is None else displayable(m["lease_owner"]),
+        unique_key=None if m["unique_key"] is None else displayable(m["unique_key"]),
+        invalid=invalid,
+    )
+
+
+#: Stands in for a timestamp that cannot be read (see ``TaskInfo.invalid``).
+_UNREADABLE = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+# -- reading ----------------------------------------------------------------
+
+
+def status(store: Store, now: datetime.datetime | None = None) -> QueueStatus:
+    """Counts per name and state, the oldest due task, and busy workers."""
+    now = now or store.clock()
+    c = store.table.c
+    state = _state_expr(store, now).label("state")
+    counts_stmt = (
+        sa.select(c.name, state, sa.func.count().label("n"))
+        .group_by(c.name, state)
+        .order_by(c.name)
+    )
+    oldest_stmt = (
+        sa.select(c.id, sa.type_coerce(c.run_at, sa.String).label("run_at"))
+        .where(c.status == STATUS_QUEUED, c.run_at <= now)
+        .order_by(c.run_at, c.id)
+        .limit(1)
+    )
+    workers_stmt = (
+        sa.select(c.lease_owner, sa.func.count())
+        .where(c.status == STATUS_QUEUED, c.lease_owner.is_not(None), c.run_at > now)
+        .group_by(c.lease_owner)
+        .order_by(c.lease_owner)
+    )
+    counts: dict[str, dict[TaskState, int]] = {}
+    with store.read() as conn:
+        for name, state_value, n in conn.execute(counts_stmt):
+            per_name = counts.setdefault(name, {s: 0 for s in STATES})
+            per_name[TaskState(state_value)] += n
+        oldest = conn.execute(oldest_stmt).first()
+        workers = {owner: n for owner, n in conn.execute(workers_stmt)}
+    age = None
+    if oldest is not None:
+        run_at = oldest.run_at
+        if not isinstance(run_at, datetime.datetime):
+            try:
+                run_at = datetime.datetime.fromisoformat(str(run_at))
+            except ValueError:
+                run_at = now
+        age = max(0.0, (now - as_utc(run_at)).total_seconds())
+    return QueueStatus(
+        counts=dict(sorted(counts.items())),
+        oldest_pending_age=age,
+        oldest_pending_id=None if oldest is None else int(oldest.id),
+        workers=workers,
+    )
+
+
+def _filtered(
+    store: Store,
+    stmt: sa.Select[t.Any],
+    now: datetime.datetime,
+    states: Collection[TaskState] | None,
+    name: str | None,
+    queue: str | None,
+) -> sa.Select[t.Any]:
+    c = store.table.c
+    if states:
+        values = [TaskState(s).value for s in states]
+        if values == [TaskState.DEAD.value]:
+            # The common "failed" view uses the status column directly.
+            stmt = stmt.where(c.status == STATUS_DEAD)
+        else:
+            stmt = stmt.where(_state_expr(store, now).in_(values))
+    if name:
+        stmt = stmt.where(c.name == name)
+    if queue:
+        stmt = stmt.where(c.queue == queue)
+    return stmt
+
+
+def list_tasks(
+    store: Store,
+    *,
+    states: Collection[TaskState] | None = None,
+    name: str | None = None,
+    queue: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+    now: datetime.datetime | None = None,
+) -> list[TaskInfo]:
+    """Tasks in ``states`` (default all) of task ``name`` and ``queue`` (default
+    all). Dead tasks come newest failure first; others in claim order
+    (priority, due time, id)."""
+    now = now or store.clock()
+    c = store.table.c
+    stmt = _filtered(store, sa.select(*_columns(store, now)), now, states, name, queue)
+    if states and set(states) == {TaskState.DEAD}:
+        stmt = stmt.order_by(c.failed_last.desc(), c.id.desc())
+    else:
+        stmt = stmt.order_by(c.priority.desc(), c.run_at, c.id)
+    stmt = stmt.limit(max(0, limit)).offset(max(0, offset))
+    with store.read() as conn:
+        return [_info(row) for row in conn.execute(stmt)]
+
+
+def count_tasks(
+    store: Store,
+    *,
+    states: Collection[TaskState] | None = None,
+    name: str | None = None,
+    queue: str | None = None,
+    now: datetime.datetime | None = None,
+) -> int:
+    """How many tasks :func:`list_tasks` would list without a limit."""
+    now = now or store.clock()
+    stmt = _filtered(
+        store,
+        sa.select(sa.func.count()).select_from(store.table),
+        now,
+        states,
+        name,
+        queue,
+    )
+    with store.read() as conn:
+        return int(conn.execute(stmt).scalar_one())
+
+
+def task_names(store: Store) -> list[str]:
+    """The distinct task names stored, sorted."""
+    c = store.table.c
+    with store.read() as conn:
+        return list(
+            conn.execute(sa.select(c.name).distinct().order_by(c.name)).scalars()
+        )
+
+
+def get_task(
+    store: Store, task_id: int, now: datetime.datetime | None = None
+) -> TaskInfo | None:
+    """One task, or ``None`` if no task has this id."""
+    key = valid_id(task_id)
+    if key is None:
+        return None
+    now = now or store.clock()
+    stmt = sa.select(*_columns(store, now)).where(store.table.c.id == key)
+    with store.read() as conn:
+        row = conn.execute(stmt).first()
+    return None if row is None else _info(row)
+
+
+# -- changing ---------------------------------------------------------------
+
+
+def retry(
+    store: Store,
+    task_ids: Sequence[int],
+    now: datetime.datetime | None = None,
+) -> list[int]:
+    """Make tasks that are not running due now with their failure count reset;
+    return the ids that were changed (not running, not gone), in order.
+
+    Dead tasks come back to life; waiting ones are moved up to now. A task with
+    a ``unique_key`` is skipped while another task with the same key waits
+    (the unique index would refuse it): see :func:`retry_one`.
+    """
+    now = now or store.clock()
+    keys = [k for k in (valid_id(i) for i in task_ids) if k is not None]
+    if not keys:
+        return []
+    c = store.table.c
+    values = {
+        "status": STATUS_QUEUED,
+        "run_at": now,
+        "failed_nr": 0,
+        "lease_owner": None,
+    }
+    changed: list[int] = []
+    with store.write() as conn:
+        base = sa.update(store.table).where(_not_running(store, now)).values(**values)
+        # Rows without a unique key cannot conflict: one statement for all.
+        changed.extend(
+            conn.execute(
+                base.where(c.id.in_(keys), c.unique_key.is_(None)).returning(c.id)
+            ).scalars()
+        )
+        other = store.table.alias("other")
+        # One at a time, so two dead tasks with one key cannot both come back.
+        keyed = base.where(
+            ~sa.exists().where(
+                other.c.name == c.name,
+                other.c.unique_key == c.unique_key,
+                other.c.status == STATUS_QUEUED,
+                other.c.id != c.id,
+            )
+        ).returning(c.id)
+        for key in keys:
+            if key in changed:
+                continue
+            changed.extend(
+                conn.execute(
+                    keyed.where(c.id == key, c.unique_key.is_not(None))
+                ).scalars()
+            )
+        if changed:
+            # Idle workers on other hosts take them at once (sent at commit).
+            store.notify(conn)
+    order = {k: i for i, k in enumerate(keys)}
+    return sorted(set(changed), key=order.__getitem__)
+
+
+def retry_one(store: Store, task_id: int, now: datetime.datetime | None = None) -> bool:
+    """Retry one task (see :func:`retry`); ``False`` if it runs or is gone.
+
+    :raises UniqueTaskWaiting: the task has a ``unique_key`` that another
+        waiting task holds.
+    """
+    now = now or store.clock()
+    if retry(store, [task_id], now):
+        return True
+    info = get_task(store, task_id, now)
+    if info is not None and info.state is not TaskState.RUNNING and info.unique_key:
+        raise UniqueTaskWaiting(
+            f"Task {info.id} ({info.name}) has unique_key {info.unique_key!r} and"
+            " another task with that key is waiting; delete one of them first."
+        )
+    return False
+
+
+def retry_dead(
+    store: Store, *, name: str | None = None, now: datetime.datetime | None = None
+) -> list[int]:
+    """Retry every dead task (of task ``name``); return the ids retried."""
+    now = now or store.clock()
+    c = store.table.c
+    stmt = sa.select(c.id).where(store.statements.dead(before=None, name=name))
+    with store.read() as conn:
+        ids = sorted(conn.execute(stmt).scalars())
+    retried: list[int] = []
+    for start in range(0, len(ids), RETRY_BATCH):
+        retried.extend(retry(store, ids[start : start + RETRY_BATCH], now))
+    return retried
+
+
+def delete(
+    store: Store,
+    task_ids: Sequence[int],
+    now: datetime.datetime | None = None,
+) -> list[int]:
+    """Delete tasks that are not running; return the ids deleted, in order."""
+    now = now or store.clock()
+    keys = [k for k in (valid_id(i) for i in task_ids) if k is not None]
+    if not keys:
+        return []
+    c = store.table.c
+    stmt = (
+        sa.delete(store.table)
+        .where(c.id.in_(keys), _not_running(store, now))
+        .returning(c.id)
+    )
+    with store.write() as conn:
+        deleted = set(conn.execute(stmt).scalars())
+    return [k for k in keys if k in deleted]
+
+
+def purge_dead(
+    store: Store,
+    *,
+    older_than: float | None = None,
+    name: str | None = None,
+    now: datetime.datetime | None = None,
+    dry_run: bool = False,
+) -> int:
+    """Delete dead tasks (of ``name``) whose last failure is more than
+    ``older_than`` seconds ago (all dead tasks if ``None``); return how many,
+    or with ``dry_run`` how many would be deleted."""
+    before = _cutoff(store, older_than, now)
+    if not dry_run:
+        return store.delete_dead(before=before, name=name)
+    where = store.statements.dead(before=before, name=name)
+    with store.read() as conn:
+        return int(
+            conn.execute(
+                sa.select(sa.func.count()).select_from(store.table).where(where)
+            ).scalar_one()
+        )
+
+
+def _cutoff(
+    store: Store, older_than: float | None, now: datetime.datetime | None
+) -> datetime.datetime | None:
+    if older_than is None:
+        return None
+    return (now or store.clock()) - datetime.timedelta(seconds=older_than)

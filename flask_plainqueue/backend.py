@@ -1,0 +1,206 @@
+"""What a database backend provides to the store: the interface that
+:mod:`.sqlite` and :mod:`.postgresql` implement, each owning all of its
+dialect's specifics (connection setup, how a write transaction begins, the
+claim, NOTIFY or the change probe, and its errors)."""
+
+from __future__ import annotations
+
+import contextlib
+import typing as t
+from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from .clock import Clock
+from .clock import utcnow
+from .config import QueueConfig
+from .statements import ClaimRequest
+from .statements import Outcomes
+from .statements import Statements
+
+#: Task names per "which name is next" statement.
+HEAD_CHUNK = 200
+
+#: ``on_change(payload)``: something was committed that a worker may claim.
+#: ``payload`` is the task's queue, ``""`` for any queue, or ``None`` when
+#: changes may have been missed (after reconnecting).
+ChangeCallback = Callable[[str | None], None]
+
+
+class Watcher(t.Protocol):
+    """Wakes a worker when the queue table changes, so idle claim loops need
+    not poll: LISTEN/NOTIFY on PostgreSQL, a change probe on SQLite."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    @property
+    def reliable(self) -> bool:
+        """Whether a committed task wakes the worker now (if not, it polls)."""
+
+
+class Backend:
+    """The dialect-specific half of the store, for one engine.
+
+    :param engine: the engine of the queue table's bind.
+    :param statements: the queue's dialect-neutral statements.
+    :param config: the app's queue settings.
+    """
+
+    #: The SQLAlchemy dialect name this backend serves.
+    dialect: t.ClassVar[str]
+    #: Whether an open write transaction locks the whole database (SQLite): an
+    #: atomic task then holds the lock while it runs, so no other worker can
+    #: claim its row and a lease extension would only wait for the lock.
+    write_locks_database: t.ClassVar[bool] = False
+
+    def __init__(
+        self, engine: Engine, statements: Statements, config: QueueConfig
+    ) -> None:
+        self.engine = engine
+        self.statements = statements
+        self.config = config
+
+    def configure(self) -> None:
+        """Set up the engine's connections (called once, by ``init_app``)."""
+
+    def clock(self) -> Clock:
+        """The clock due times, leases and ticks are computed on: the
+        database's where hosts may differ, this host's for SQLite (one host)."""
+        return utcnow
+
+    # -- transactions -------------------------------------------------------
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A connection in a write transaction that commits on success."""
+        with self.engine.connect() as conn:
+            self.begin_write(conn)
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+
+    def begin_write(self, conn: Connection) -> None:
+        """Begin a write transaction on ``conn``."""
+
+    def begin_session_write(self, session: Session, *, discard: bool) -> None:
+        """Make the session's transaction a write transaction now.
+
+        :param discard: roll back what the session holds first (the worker,
+            after a task that did not commit its own writes); otherwise its
+            pending work joins the transaction (``perform``).
+        """
+        if discard and session.in_transaction():
+            session.rollback()
+
+    # -- enqueue ------------------------------------------------------------
+
+    def insert_columns(self) -> tuple[sa.ColumnElement[t.Any], ...]:
+        """Extra ``RETURNING`` columns of an insert (NOTIFY on PostgreSQL)."""
+        return ()
+
+    def notify(self, conn: Connection) -> None:
+        """Tell idle workers elsewhere that tasks became due (at commit)."""
+
+    def enqueue(self, rows: Sequence[t.Mapping[str, t.Any]]) -> list[int] | None:
+        """Insert ``rows`` in a transaction of their own, faster than through a
+        session; ``None`` where the backend has no such path."""
+        return None
+
+    def upsert(self, table: sa.Table) -> t.Any:
+        """The dialect's ``INSERT`` that has ``on_conflict_do_nothing``."""
+        raise NotImplementedError
+
+    # -- the worker ---------------------------------------------------------
+
+    def claim(
+        self, request: ClaimRequest, outcomes: Outcomes | None
+    ) -> Sequence[t.Any]:
+        """In one write transaction, write ``outcomes`` (finished attempts of
+        ``request.owner``), then claim up to one batch of due tasks of one name;
+        return the claimed rows (``id, name, data, attempts, failed_nr,
+        priority``).
+
+        The next task in claim order (priority, then due time, then id) decides
+        the name; up to its batch size of due rows of that name are taken.
+        """
+        raise NotImplementedError
+
+    def pinned(self) -> t.ContextManager[None]:
+        """Keep what this thread's claims need between them (a claim loop)."""
+        return contextlib.nullcontext()
+
+    def watcher(self, on_change: ChangeCallback, name: str) -> Watcher | None:
+        """A watcher that calls ``on_change`` when tasks may be claimable, or
+        ``None`` (the worker polls)."""
+        return None
+
+    def is_missing_table(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says a table does not exist."""
+        raise NotImplementedError
+
+    # -- shared by the backends -------------------------------------------------
+
+    def claim_params(
+        self,
+        request: ClaimRequest,
+        heads: Callable[[int, int | None, dict[str, t.Any]], Sequence[t.Any]],
+    ) -> tuple[int | None, dict[str, t.Any]] | None:
+        """Which name a claim takes next, as the batch claim's parameters, with
+        the number of queues it filters on; ``None`` when nothing is due.
+
+        :param heads: runs ``Statements.head(names, queues)`` with the given
+            parameters and returns its rows (the backend's way to execute).
+        """
+        s = self.statements
+        if not request.names:
+            return None
+        queues = None if request.queues is None else len(request.queues)
+        params: dict[str, t.Any] = {"now": request.now}
+        params.update(s.queue_params(request.queues))
+        if len(request.names) == 1:
+            name = request.names[0]
+        else:
+            rows: list[t.Any] = []
+            # In chunks: SQLite allows at most 500 parts in one UNION ALL.
+            for start in range(0, len(request.names), HEAD_CHUNK):
+                chunk = request.names[start : start + HEAD_CHUNK]
+                rows.extend(
+                    heads(len(chunk), queues, {**params, **s.name_params(chunk)})
+                )
+            if not rows:
+                return None
+            name = s.first_head(rows)
+        params.update(
+            owner=request.owner,
+            until=request.until,
+            p_name=name,
+            limit=request.batch_sizes[name],
+        )
+        return queues, params
+
+    def settle_on(
+        self, conn: Connection, owner: str, outcomes: Outcomes, now: t.Any
+    ) -> None:
+        """Write ``outcomes`` on ``conn`` (inside a write transaction)."""
+        for stmt, rows in self.statements.settle_params(owner, outcomes, now):
+            conn.execute(stmt, rows)
+
+    def pool_capacity(self) -> int | None:
+        """How many connections the engine's pool hands out at once, or
+        ``None`` when it has no limit."""
+        pool = self.engine.pool
+        size = getattr(pool, "size", None)
+        overflow = getattr(pool, "_max_overflow", None)
+        if not callable(size) or not isinstance(overflow, int) or overflow < 0:
+            return None
+        return int(size()) + overflow

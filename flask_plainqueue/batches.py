@@ -1,0 +1,158 @@
+"""Running one claimed batch: on the claiming thread (a batch of one) or on
+the task pool's threads, with the batch's leases watched, its sync timeout
+enforced, and what outlives the shutdown grace period handed back."""
+
+from __future__ import annotations
+
+import threading
+import time
+import typing as t
+from collections.abc import Callable
+from collections.abc import Sequence
+
+from .leases import Held
+from .leases import Leases
+from .pool import Batch
+from .pool import TaskPool
+from .runner import collect
+from .runner import Outcome
+from .runner import TaskRunner
+from .statements import ClaimedTask
+from .statements import Outcomes
+
+if t.TYPE_CHECKING:
+    from .store import Store
+    from .tasks import TaskDefinition
+    from .tasks import TaskRegistry
+
+#: How often a worker waiting on a running batch looks at its deadlines.
+STOP_CHECK_INTERVAL = 0.1
+
+
+class BatchRunner:
+    """Runs the batches of one worker's claim loops.
+
+    :param runner: runs one attempt.
+    :param leases: the worker's lease keeper.
+    :param store: the app's queue storage.
+    :param registry: the task definitions (for the pool's size).
+    :param concurrency: the worker's claim loops (for the pool's size).
+    :param deadline: the worker's stop deadline (``time.monotonic()``), if any.
+    """
+
+    def __init__(
+        self,
+        runner: TaskRunner,
+        leases: Leases,
+        store: Store,
+        registry: TaskRegistry,
+        concurrency: int,
+        deadline: Callable[[], float | None],
+    ) -> None:
+        self._runner = runner
+        self.leases = leases
+        self.store = store
+        self.registry = registry
+        self.concurrency = concurrency
+        self.deadline = deadline
+        self._pool: TaskPool | None = None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Let the pool's idle threads end."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown()
+
+    def run(
+        self,
+        definition: TaskDefinition[t.Any, t.Any],
+        tasks: Sequence[ClaimedTask],
+        outcomes: Outcomes,
+    ) -> None:
+        """Run ``tasks`` (all of ``definition``) and add their outcomes to
+        ``outcomes``."""
+        inline = len(tasks) == 1 and (
+            definition.is_async or definition.options.timeout is None
+        )
+        held = self.leases.hold(
+            tasks, extendable=self._extendable(definition), inline=inline
+        )
+        try:
+            if inline:
+                # A batch of one runs on this thread: handing it to a pool thread
+                # and back would cost more than a no-op task. The watchdog extends
+                # its lease and hands it back after the grace period. (A sync task
+                # with a timeout needs the pool: only there can it be left behind.)
+                collect(outcomes, tasks[0], self._runner.attempt(definition, tasks[0]))
+                return
+            self._on_pool(definition, tasks, outcomes, held)
+        finally:
+            self.leases.drop(held)
+
+    def _extendable(self, definition: TaskDefinition[t.Any, t.Any]) -> bool:
+        return not (
+            definition.options.atomic and self.store.backend.write_locks_database
+        )
+
+    def _on_pool(
+        self,
+        definition: TaskDefinition[t.Any, t.Any],
+        tasks: Sequence[ClaimedTask],
+        outcomes: Outcomes,
+        held: Held,
+    ) -> None:
+        batch = self._start_batch([(definition, task) for task in tasks])
+        # A coroutine's timeout is enforced on the event loop (it is cancelled);
+        # a sync function's here, since its thread cannot be stopped.
+        limit = definition.options.timeout
+        timeout_at = (
+            None if limit is None or definition.is_async else time.monotonic() + limit
+        )
+        while True:
+            # Short waits: stop() may move the deadline earlier at any time.
+            if batch.wait(STOP_CHECK_INTERVAL):
+                for i in range(len(tasks)):
+                    collect(outcomes, tasks[i], batch.result(i))
+                return
+            now = time.monotonic()
+            stop_at = self.deadline()
+            timed_out = timeout_at is not None and now >= timeout_at
+            if not timed_out and (stop_at is None or now < stop_at):
+                continue
+            # Record what finished; what runs on is failed or handed back.
+            finished = batch.finished()
+            for i in finished:
+                collect(outcomes, tasks[i], batch.result(i))
+            self.leases.release(held, [tasks[i] for i in finished])
+            running = [task for i, task in enumerate(tasks) if i not in finished]
+            if timed_out:
+                self.leases.release(held, running)
+                self._time_out(definition, running)
+            else:
+                self.leases.hand_back(held)
+            return
+
+    def _start_batch(
+        self, calls: list[tuple[TaskDefinition[t.Any, t.Any], ClaimedTask]]
+    ) -> Batch[Outcome]:
+        # Under the lock: a timed-out batch replaces the pool, and a batch must
+        # never be queued on one that was just shut down.
+        with self._lock:
+            if self._pool is None:
+                biggest = max((d.options.batch_size for d in self.registry), default=1)
+                self._pool = TaskPool(
+                    min(256, biggest * self.concurrency), "plainqueue-task"
+                )
+            return self._pool.run_batch(self._runner.attempt, calls)
+
+    def _time_out(
+        self, definition: TaskDefinition[t.Any, t.Any], tasks: Sequence[ClaimedTask]
+    ) -> None:
+        self._runner.time_out(definition, tasks)
+        # The stuck threads keep their pool slots: later batches get a new pool.
+        with self._lock:
+            stuck, self._pool = self._pool, None
+        if stuck is not None:
+            stuck.shutdown()

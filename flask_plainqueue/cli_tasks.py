@@ -1,0 +1,420 @@
+"""The ``flask queue`` commands that inspect and administer stored tasks:
+``status``, ``list``, ``show``, ``retry``, ``delete``, ``purge``, ``export``
+and ``import``. They use only :class:`~flask_plainqueue.PlainQueue`'s public
+API."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import typing as t
+from collections.abc import Callable
+from collections.abc import Sequence
+
+import click
+from flask.cli import AppGroup
+
+from .cli_params import Duration
+from .cli_params import errors_as_click
+from .cli_params import TaskIdType
+from .exceptions import PlainQueueError
+from .exceptions import TransferError
+from .info import format_age
+from .info import STATES
+from .info import TaskInfo
+from .schema import TaskState
+
+if t.TYPE_CHECKING:
+    from .extension import PlainQueue
+
+_STATE_COLOURS = {
+    TaskState.PENDING: "cyan",
+    TaskState.SCHEDULED: "blue",
+    TaskState.RUNNING: "green",
+    TaskState.DEAD: "red",
+}
+#: The most rows ``list`` shows at once.
+MAX_LIMIT = 100_000
+
+
+def _when(value: datetime.datetime | None) -> str:
+    if value is None:
+        return "-"
+    return value.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def _table(rows: Sequence[Sequence[str]], styles: Sequence[str | None] = ()) -> None:
+    """Echo rows as left-aligned columns; the first row is the header.
+
+    ``styles`` gives a colour per data row for the state column (index 2).
+    """
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for index, row in enumerate(rows):
+        cells = []
+        for col, cell in enumerate(row):
+            text = cell.ljust(widths[col]) if col < len(row) - 1 else cell
+            if index == 0:
+                text = click.style(text, bold=True)
+            elif col == 2 and index - 1 < len(styles) and styles[index - 1]:
+                text = click.style(text, fg=styles[index - 1])
+            cells.append(text)
+        click.echo("  ".join(cells).rstrip())
+
+
+def _chosen_states(failed: bool, states: tuple[str, ...]) -> list[TaskState] | None:
+    chosen = [TaskState(s) for s in states]
+    if failed:
+        chosen.append(TaskState.DEAD)
+    return sorted(set(chosen), key=STATES.index) or None
+
+
+def _echo_json(value: object) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=True))
+
+
+def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
+    """Add the inspection, admin and transfer commands to ``group``."""
+
+    @group.command("status", short_help="Counts per task and state, oldest due task.")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+    @errors_as_click
+    def status(as_json: bool) -> None:
+        """Counts per task name and state, the oldest due task's wait, and the
+        workers running tasks now."""
+        result = queue.status()
+        if as_json:
+            _echo_json(result.as_dict())
+            return
+        if not result.counts:
+            click.echo("The queue is empty.")
+        else:
+            header = ["TASK", *(s.value.upper() for s in STATES)]
+            rows = [header]
+            for name, counts in result.counts.items():
+                rows.append([name, *(str(counts[s]) for s in STATES)])
+            totals = result.totals
+            rows.append(["(total)", *(str(totals[s]) for s in STATES)])
+            widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+            for index, row in enumerate(rows):
+                line = "  ".join(
+                    cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
+                    for i, cell in enumerate(row)
+                )
+                click.echo(click.style(line, bold=True) if index == 0 else line)
+        click.echo("")
+        if result.oldest_pending_age is None:
+            click.echo("Oldest pending: none (nothing is due)")
+        else:
+            click.echo(
+                f"Oldest pending: {format_age(result.oldest_pending_age)}"
+                f" (task {result.oldest_pending_id})"
+            )
+        if result.workers:
+            click.echo("Workers running tasks now:")
+            for owner, n in result.workers.items():
+                click.echo(f"  {owner}  {_plural(n, 'task')}")
+        else:
+            click.echo("Workers running tasks now: none")
+
+    @group.command("list", short_help="One line per task, with its last error.")
+    @click.option("--failed", is_flag=True, help="Only dead tasks (out of retries).")
+    @click.option(
+        "--state",
+        "states",
+        multiple=True,
+        type=click.Choice([s.value for s in STATES]),
+        help="Only tasks in this state (repeatable).",
+    )
+    @click.option("--name", default=None, help="Only tasks of this task name.")
+    @click.option("--queue", "queue_name", default=None, help="Only this queue.")
+    @click.option(
+        "--limit",
+        type=click.IntRange(min=1, max=MAX_LIMIT),
+        default=50,
+        show_default=True,
+        help="Show at most this many.",
+    )
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+    @errors_as_click
+    def list_(
+        failed: bool,
+        states: tuple[str, ...],
+        name: str | None,
+        queue_name: str | None,
+        limit: int,
+        as_json: bool,
+    ) -> None:
+        """One line per task: id, name, queue, state, attempts, due (or
+        created) and the first line of its last error."""
+        chosen = _chosen_states(failed, states)
+        tasks = queue.tasks(state=chosen, name=name, queue=queue_name, limit=limit)
+        if as_json:
+            _echo_json([info.as_dict() for info in tasks])
+            return
+        if not tasks:
+            click.echo("No tasks.")
+            return
+        rows = [
+            ["ID", "NAME", "STATE", "QUEUE", "ATTEMPTS", "DUE/CREATED", "LAST ERROR"]
+        ]
+        styles: list[str | None] = []
+        for info in tasks:
+            waiting = info.state in (TaskState.PENDING, TaskState.SCHEDULED)
+            error = info.error_summary
+            if len(error) > 80:
+                error = error[:79] + "…"
+            rows.append(
+                [
+                    str(info.id),
+                    info.name,
+                    info.state.value,
+                    info.queue,
+                    str(info.attempts),
+                    _when(info.run_at if waiting else info.created),
+                    error,
+                ]
+            )
+            styles.append(_STATE_COLOURS[info.state])
+        _table(rows, styles)
+        total = queue.count(state=chosen, name=name, queue=queue_name)
+        if total > len(tasks):
+            click.echo(f"({len(tasks)} of {total} shown; use --limit to see more)")
+
+    list_.name = "list"
+
+    @group.command("show")
+    @click.argument("task_id", metavar="ID", type=TaskIdType())
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+    @errors_as_click
+    def show(task_id: int, as_json: bool) -> None:
+        """Everything about one task: its fields, data and full traceback."""
+        info = queue.get(task_id)
+        if info is None:
+            raise click.ClickException(f"No task {task_id}.")
+        if as_json:
+            _echo_json(info.as_dict())
+            return
+        fields = [
+            ("id", str(info.id)),
+            ("name", info.name),
+            ("state", click.style(info.state.value, fg=_STATE_COLOURS[info.state])),
+            ("queue", info.queue),
+            ("priority", str(info.priority)),
+            ("created", _when(info.created)),
+            ("run at", _when(info.run_at)),
+            ("attempts", str(info.attempts)),
+            ("failures", str(info.failed_nr)),
+            ("failed last", _when(info.failed_last)),
+            ("lease owner", info.lease_owner or "-"),
+            ("unique key", info.unique_key or "-"),
+        ]
+        # A hand-written row's unreadable value replaces its placeholder.
+        labels = {"run_at": "run at", "failed_last": "failed last"}
+        bad = {labels.get(key, key): value for key, value in info.invalid.items()}
+        fields = [
+            (label, click.style(f"invalid: {bad[label]!r}", fg="red"))
+            if label in bad
+            else (label, value)
+            for label, value in fields
+        ]
+        width = max(len(label) for label, _ in fields)
+        for label, value in fields:
+            click.echo(f"{label.ljust(width)}  {value}")
+        click.echo("")
+        click.echo(click.style("data:", bold=True))
+        click.echo(info.data_pretty)
+        if info.error:
+            click.echo("")
+            click.echo(click.style("last error:", bold=True))
+            click.echo(info.error.rstrip("\n"))
+
+    @group.command("retry", short_help="Run tasks again now (IDs or --all-failed).")
+    @click.argument("task_ids", metavar="[ID]...", nargs=-1, type=TaskIdType())
+    @click.option("--all-failed", is_flag=True, help="Retry every dead task.")
+    @click.option(
+        "--name", default=None, help="With --all-failed: only this task name."
+    )
+    @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+    @errors_as_click
+    def retry(
+        task_ids: tuple[int, ...], all_failed: bool, name: str | None, yes: bool
+    ) -> None:
+        """Make tasks due now with their failure count reset: the given IDs, or
+        every dead task (of one name) with --all-failed."""
+        if task_ids and all_failed:
+            raise click.UsageError("Give task IDs or --all-failed, not both.")
+        if not task_ids and not all_failed:
+            raise click.UsageError("Give task IDs to retry, or --all-failed.")
+        if name is not None and not all_failed:
+            raise click.UsageError(
+                "--name filters --all-failed; give it with --all-failed."
+            )
+        if not all_failed:
+            _per_task(queue, task_ids, "retried", queue.retry)
+            return
+        count = queue.count(state=TaskState.DEAD, name=name)
+        scope = f" of {name}" if name else ""
+        if not count:
+            click.echo(f"No dead tasks{scope} to retry.")
+            return
+        if not yes:
+            click.confirm(f"Retry {_plural(count, 'dead task')}{scope}?", abort=True)
+        retried = queue.retry_failed(name=name)
+        click.echo(f"Retried {_plural(len(retried), 'task')}.")
+
+    @group.command("delete")
+    @click.argument(
+        "task_ids", metavar="ID...", nargs=-1, required=True, type=TaskIdType()
+    )
+    @errors_as_click
+    def delete(task_ids: tuple[int, ...]) -> None:
+        """Delete the given tasks (not while they run)."""
+        _per_task(queue, task_ids, "deleted", queue.delete)
+
+    @group.command("purge", short_help="Delete dead tasks (all or --older-than).")
+    @click.option("--failed", is_flag=True, help="Delete dead tasks (required).")
+    @click.option(
+        "--older-than",
+        type=Duration(),
+        default=None,
+        help="Only those whose last failure is older than this (30s, 15m, 2h, 7d).",
+    )
+    @click.option("--name", default=None, help="Only tasks of this task name.")
+    @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+    @errors_as_click
+    def purge(
+        failed: bool, older_than: float | None, name: str | None, yes: bool
+    ) -> None:
+        """Delete dead tasks, all or those older than --older-than."""
+        if not failed:
+            raise click.UsageError(
+                "purge deletes dead tasks only; say so with --failed"
+                " (waiting tasks are removed one by one with 'delete')."
+            )
+        age = (
+            ""
+            if older_than is None
+            else f" that failed over {format_age(older_than)} ago"
+        )
+        scope = f" of {name}" if name else ""
+        count = queue.purge(older_than=older_than, name=name, dry_run=True)
+        if not count:
+            click.echo(f"No dead tasks{scope}{age}.")
+            return
+        if not yes:
+            click.confirm(
+                f"Delete {_plural(count, 'dead task')}{scope}{age}?", abort=True
+            )
+        deleted = queue.purge(older_than=older_than, name=name)
+        click.echo(f"Deleted {_plural(deleted, 'dead task')}{scope}{age}.")
+
+    @group.command("export", short_help="Write waiting tasks as JSON Lines.")
+    @click.argument(
+        "output", type=click.File("w", encoding="utf-8", lazy=True), default="-"
+    )
+    @click.option(
+        "--include-dead",
+        is_flag=True,
+        help="Export dead tasks too (kept for inspection).",
+    )
+    @errors_as_click
+    def export_command(output: t.TextIO, include_dead: bool) -> None:
+        """Write the queue's waiting tasks (due, scheduled, running) to OUTPUT
+        (default: standard output), one JSON object per line, for ``flask queue
+        import`` in another app or database.
+
+        Stop the workers first: a task a worker holds is exported as due now,
+        and would run again if the worker finished it after all.
+        """
+        result = queue.export_tasks(output, include_dead=include_dead)
+        output.flush()
+        name = getattr(output, "name", "-")
+        where = "standard output" if name in ("-", "<stdout>") else name
+        click.echo(
+            f"Exported {_plural(result.count, 'task')} ({result.dead} dead) to {where}.",
+            err=True,
+        )
+        if result.running:
+            click.echo(
+                f"Warning: {result.running} task(s) were held by a running worker and"
+                " were exported as due now; stop the workers before exporting so no"
+                " task runs in both places.",
+                err=True,
+            )
+        if result.undecodable:
+            click.echo(
+                f"Warning: {result.undecodable} task(s) have data that is not valid"
+                " JSON; exported as 'data_text'.",
+                err=True,
+            )
+
+    @group.command("import", short_help="Store tasks from a 'flask queue export' file.")
+    @click.argument("source", type=click.File("r", encoding="utf-8"), default="-")
+    @errors_as_click
+    def import_command(source: t.TextIO) -> None:
+        """Store the tasks in SOURCE (a file written by ``flask queue export``, or
+        ``-`` for standard input) in this app's queue, in one transaction: all of
+        them or, on an error, none. New ids are assigned."""
+        try:
+            result = queue.import_tasks(source)
+        except TransferError as exc:
+            raise click.ClickException(str(exc)) from exc
+        message = f"Imported {_plural(result.count, 'task')}"
+        if result.duplicates:
+            message += (
+                f"; skipped {result.duplicates} whose unique_key a waiting task"
+                " already has"
+            )
+        click.echo(message + ".")
+        for name in sorted(result.unknown_names):
+            click.echo(
+                f"Warning: no task definition named {name!r} is registered in this"
+                " app; its tasks were imported and wait for a worker that knows it.",
+                err=True,
+            )
+
+
+def _describe(info: TaskInfo) -> str:
+    return f"task {info.id} ({info.name})"
+
+
+def _per_task(
+    queue: PlainQueue,
+    task_ids: Sequence[int],
+    done: str,
+    action: Callable[[int], bool],
+) -> None:
+    """Apply ``action`` to each id, print what happened to each, and exit 1 if
+    any could not be changed (gone, or running)."""
+    failed = False
+    for task_id in task_ids:
+        info = queue.get(task_id)
+        if info is None:
+            click.echo(f"Error: No task {task_id}.", err=True)
+            failed = True
+            continue
+        try:
+            changed = action(task_id)
+        except PlainQueueError as exc:
+            click.echo(f"Error: Task {task_id} not {done}: {exc}", err=True)
+            failed = True
+            continue
+        if changed:
+            click.echo(f"{done.capitalize()} {_describe(info)}.")
+            continue
+        now_info = queue.get(task_id)
+        if now_info is None:
+            click.echo(f"Error: No task {task_id} (it finished meanwhile).", err=True)
+        else:
+            click.echo(
+                f"Error: Task {task_id} ({info.name}) is {now_info.state.value};"
+                f" not {done}.",
+                err=True,
+            )
+        failed = True
+    if failed:
+        raise click.exceptions.Exit(1)

@@ -1,0 +1,180 @@
+"""The stored tasks as the public API shows them: :class:`TaskInfo`,
+:class:`QueueStatus`, and the helpers that format them for people and parse
+ids written by people (no I/O)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import typing as t
+
+from .schema import TaskState
+from .validate import INT64
+
+#: The states in the order the CLI and dashboard show them.
+STATES: tuple[TaskState, ...] = (
+    TaskState.PENDING,
+    TaskState.SCHEDULED,
+    TaskState.RUNNING,
+    TaskState.DEAD,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+    """One stored task, as :meth:`~flask_plainqueue.PlainQueue.get` returns it.
+
+    .. versionadded:: 0.1
+    """
+
+    #: The task's id, as :meth:`~flask_plainqueue.PlainQueue.perform` returned it.
+    id: int
+    name: str
+    queue: str
+    priority: int
+    state: TaskState
+    #: The stored JSON text of the task's data.
+    data: str | None
+    created: datetime.datetime
+    #: When it is (or was) due; while running, when its lease expires.
+    run_at: datetime.datetime
+    #: Claims so far (attempts started).
+    attempts: int
+    #: Failed attempts counted against ``max_retries``.
+    failed_nr: int
+    failed_last: datetime.datetime | None
+    #: The last error: type, message and traceback.
+    error: str | None
+    #: The worker holding the task (``host:pid:random``), if claimed.
+    lease_owner: str | None
+    unique_key: str | None
+    #: Columns whose stored value could not be read (a hand-written row), with
+    #: that value as text; their fields above hold a placeholder (0, or
+    #: 1970-01-01 for a timestamp).
+    invalid: t.Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def data_pretty(self) -> str:
+        """The data as indented JSON (the raw text if it is not valid JSON)."""
+        if self.data is None:
+            return "null"
+        try:
+            value = json.loads(self.data)
+        except (ValueError, RecursionError):
+            return self.data
+        return displayable(json.dumps(value, indent=2, ensure_ascii=False))
+
+    @property
+    def error_summary(self) -> str:
+        """The first line of the last error's ``Type: message`` part, or ``""``."""
+        return error_summary(self.error)
+
+    def as_dict(self) -> dict[str, t.Any]:
+        """A JSON-friendly dict (datetimes as ISO 8601, data decoded if it can be)."""
+        result = dataclasses.asdict(self)
+        result["invalid"] = dict(self.invalid)
+        result["state"] = self.state.value
+        for key in ("created", "run_at", "failed_last"):
+            value = result[key]
+            result[key] = None if value is None else value.isoformat()
+        try:
+            result["data"] = None if self.data is None else json.loads(self.data)
+        except (ValueError, RecursionError):
+            pass
+        return result
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueStatus:
+    """Counts per task name and state, and how far behind the queue is.
+
+    .. versionadded:: 0.1
+    """
+
+    #: ``{name: {state: count}}`` with every state present for each name.
+    counts: dict[str, dict[TaskState, int]]
+    #: Seconds the longest-waiting due task has been due, or ``None``.
+    oldest_pending_age: float | None
+    #: The id of that task.
+    oldest_pending_id: int | None
+    #: ``{worker id: running tasks}`` for workers holding unexpired leases.
+    workers: dict[str, int]
+
+    @property
+    def totals(self) -> dict[TaskState, int]:
+        """Counts per state over all names."""
+        return {s: sum(c[s] for c in self.counts.values()) for s in STATES}
+
+    def as_dict(self) -> dict[str, t.Any]:
+        """A JSON-friendly dict, as ``flask queue status --json`` prints it."""
+        return {
+            "tasks": {
+                name: {s.value: n for s, n in counts.items()}
+                for name, counts in self.counts.items()
+            },
+            "total": {s.value: n for s, n in self.totals.items()},
+            "oldest_pending_age": self.oldest_pending_age,
+            "oldest_pending_id": self.oldest_pending_id,
+            "workers": self.workers,
+        }
+
+
+def error_summary(error: str | None) -> str:
+    """The first line of the ``Type: message`` part of a stored error.
+
+    A stored error is a formatted traceback: its frames are indented, so the
+    exception itself starts after the last indented line.
+    """
+    if not error:
+        return ""
+    lines = error.rstrip("\n").splitlines()
+    start = 0
+    for index, line in enumerate(lines):
+        if line.startswith(" ") or line.startswith("Traceback (most recent call last)"):
+            start = index + 1
+    rest = [line for line in lines[start:] if line.strip()]
+    if not rest:
+        return lines[-1].strip()
+    return rest[0].strip()
+
+
+def format_age(seconds: float) -> str:
+    """``seconds`` as a short age such as ``45s``, ``3m 5s``, ``2h 1m``, ``3d 4h``."""
+    seconds = int(seconds)
+    for unit, size, sub, sub_size in (
+        ("d", 86400, "h", 3600),
+        ("h", 3600, "m", 60),
+        ("m", 60, "s", 1),
+    ):
+        if seconds >= size:
+            whole, rest = divmod(seconds, size)
+            part = rest // sub_size
+            return f"{whole}{unit} {part}{sub}" if part else f"{whole}{unit}"
+    return f"{seconds}s"
+
+
+def valid_id(task_id: object) -> int | None:
+    """``task_id`` if it is an int that can be a task id, else ``None`` (so the
+    caller reports "not found" instead of a database error)."""
+    if isinstance(task_id, bool) or not isinstance(task_id, int):
+        return None
+    return task_id if 0 < task_id <= INT64[1] else None
+
+
+def parse_id(text: str) -> int | None:
+    """The task id written in ``text`` (a CLI argument or a URL part), or
+    ``None`` if it cannot be one."""
+    text = text.strip()
+    if not text.isdigit() or not text.isascii() or len(text) > 19:
+        return None
+    return valid_id(int(text))
+
+
+def displayable(value: object) -> str:
+    """``value`` as text that can be written as UTF-8 (a lone surrogate in a
+    hand-written row shown as its escape), for the CLI and the dashboard."""
+    text = value if isinstance(value, str) else str(value)
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -1,0 +1,219 @@
+"""The read/admin half of :class:`~flask_plainqueue.PlainQueue`'s public API:
+looking up, counting, retrying, deleting, purging, exporting and importing
+stored tasks. ``flask queue`` and the dashboard use only these."""
+
+from __future__ import annotations
+
+import datetime
+import typing as t
+from collections.abc import Collection
+from collections.abc import Iterable
+
+from . import admin
+from . import transfer
+from .exceptions import InvalidArgument
+from .info import QueueStatus
+from .info import TaskInfo
+from .schema import TaskState
+
+if t.TYPE_CHECKING:
+    from flask import Flask
+
+    from .config import QueueConfig
+    from .store import Store
+    from .tasks import TaskRegistry
+
+
+class QueueManagement:
+    """Reading and administering stored tasks, mixed into
+    :class:`~flask_plainqueue.PlainQueue`. Each method works on the current
+    app's queue and needs an app context."""
+
+    registry: TaskRegistry
+
+    if t.TYPE_CHECKING:
+        # Provided by PlainQueue.
+        def store(self, app: Flask | None = None) -> Store: ...
+
+        def settings(self, app: Flask | None = None) -> QueueConfig: ...
+
+        def wake_workers(self, app: Flask | None = None) -> None: ...
+
+    def get(self, task_id: int) -> TaskInfo | None:
+        """The stored task ``task_id``, or ``None`` (finished, deleted, or never
+        there).
+
+        .. versionadded:: 0.1
+        """
+        return admin.get_task(self.store(), _checked_id(task_id))
+
+    def tasks(
+        self,
+        *,
+        state: TaskState | Collection[TaskState] | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[TaskInfo]:
+        """Stored tasks in ``state`` (one or several; default all), of task
+        ``name`` and ``queue`` (default all). Dead tasks come newest failure
+        first, others in claim order.
+
+        .. versionadded:: 0.1
+        """
+        return admin.list_tasks(
+            self.store(),
+            states=_states(state),
+            name=name,
+            queue=queue,
+            limit=limit,
+            offset=offset,
+        )
+
+    def count(
+        self,
+        *,
+        state: TaskState | Collection[TaskState] | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+    ) -> int:
+        """How many tasks :meth:`tasks` would list without a limit.
+
+        .. versionadded:: 0.1
+        """
+        return admin.count_tasks(
+            self.store(), states=_states(state), name=name, queue=queue
+        )
+
+    def counts(self) -> dict[str, dict[TaskState, int]]:
+        """``{task name: {state: count}}`` over the stored tasks.
+
+        .. versionadded:: 0.1
+        """
+        return self.status().counts
+
+    def status(self) -> QueueStatus:
+        """Counts per task name and state, the oldest due task, and the workers
+        running tasks now.
+
+        .. versionadded:: 0.1
+        """
+        return admin.status(self.store())
+
+    def names(self) -> list[str]:
+        """The task names stored, sorted.
+
+        .. versionadded:: 0.1
+        """
+        return admin.task_names(self.store())
+
+    def retry(self, task_id: int) -> bool:
+        """Make a dead or waiting task due now, with its failure count reset, so
+        it gets ``max_retries`` fresh retries.
+
+        :returns: ``False`` if it is running or gone.
+        :raises UniqueTaskWaiting: it has a ``unique_key`` that another
+            waiting task holds.
+        :raises RuntimeError: no app context.
+
+        .. versionadded:: 0.1
+        """
+        if not admin.retry_one(self.store(), _checked_id(task_id)):
+            return False
+        self.wake_workers()
+        return True
+
+    def retry_failed(self, *, name: str | None = None) -> list[int]:
+        """Retry every dead task (of task ``name``); return the ids retried.
+
+        .. versionadded:: 0.1
+        """
+        retried = admin.retry_dead(self.store(), name=name)
+        if retried:
+            self.wake_workers()
+        return retried
+
+    def cancel(self, task_id: int) -> bool:
+        """Remove a task that is not running (pending, scheduled or dead).
+
+        :returns: ``False`` if it is running (its worker owns it) or gone.
+        :raises RuntimeError: no app context.
+
+        .. versionadded:: 0.1
+        """
+        return bool(admin.delete(self.store(), [_checked_id(task_id)]))
+
+    delete = cancel
+
+    def purge(
+        self,
+        *,
+        older_than: float | datetime.timedelta | None = None,
+        name: str | None = None,
+        dry_run: bool = False,
+    ) -> int:
+        """Delete dead tasks (of task ``name``) whose last failure is more than
+        ``older_than`` seconds ago (all dead tasks if ``None``); return how many
+        were deleted, or with ``dry_run`` how many would be.
+
+        .. versionadded:: 0.1
+        """
+        if isinstance(older_than, datetime.timedelta):
+            older_than = older_than.total_seconds()
+        store = self.store()
+        return admin.purge_dead(
+            store, older_than=older_than, name=name, dry_run=dry_run
+        )
+
+    def prune(self) -> int:
+        """Delete dead tasks older than ``PLAINQUEUE_KEEP_FAILED`` now (the worker
+        also does it about once a minute); return how many were deleted."""
+        if self.settings().keep_failed is None:
+            return 0
+        return admin.purge_dead(self.store(), older_than=self.settings().keep_failed)
+
+    def export_tasks(
+        self, out: t.TextIO, *, include_dead: bool = False
+    ) -> transfer.ExportResult:
+        """Write the waiting tasks (and with ``include_dead`` dead ones) to
+        ``out`` as JSON Lines, for :meth:`import_tasks` elsewhere.
+
+        .. versionadded:: 0.1
+        """
+        return transfer.export_tasks(self.store(), out, include_dead=include_dead)
+
+    def import_tasks(self, lines: Iterable[str]) -> transfer.ImportResult:
+        """Store the tasks of an export in one transaction of their own (all or,
+        on an error, none), with new ids.
+
+        :raises TransferError: a line is not a valid task; nothing was stored.
+
+        .. versionadded:: 0.1
+        """
+        result = transfer.import_tasks(
+            self.store(), lines, known_names=self.registry.names()
+        )
+        self.wake_workers()
+        return result
+
+
+def _checked_id(task_id: object) -> int:
+    # An id of the wrong type is a bug in the caller (a str from a URL, say);
+    # an int that no row can have is simply "not there".
+    if isinstance(task_id, bool) or not isinstance(task_id, int):
+        raise InvalidArgument(
+            f"task_id must be an int, the id perform() returned; got {task_id!r}."
+            " Parse a text id with int() first."
+        )
+    return task_id
+
+
+def _states(
+    state: TaskState | Collection[TaskState] | None,
+) -> Collection[TaskState] | None:
+    if state is None:
+        return None
+    if isinstance(state, TaskState | str):
+        return [TaskState(state)]
+    return [TaskState(s) for s in state]

@@ -1,0 +1,232 @@
+"""The worker's scheduler thread: periodic ticks and housekeeping, on time
+whatever the claim loops are doing."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+import time
+import typing as t
+
+from .clock import as_utc
+from .clock import Clock
+from .statements import new_row
+
+if t.TYPE_CHECKING:
+    from .config import QueueConfig
+    from .schedules import Schedule
+    from .store import Store
+    from .tasks import TaskDefinition
+    from .tasks import TaskRegistry
+
+logger = logging.getLogger("flask_plainqueue.worker")
+
+#: How often dead tasks are pruned and unknown task names looked for (seconds).
+HOUSEKEEPING_INTERVAL = 60.0
+#: The first look for unknown names waits this long: under ``flask run`` the
+#: worker starts while the app is still registering its tasks.
+FIRST_HOUSEKEEPING = 10.0
+#: A tick whose enqueue failed is tried again after this many seconds, doubling
+#: up to :data:`RETRY_MAX`.
+RETRY_MIN = 1.0
+RETRY_MAX = 30.0
+
+
+class Scheduler:
+    """Enqueues the periodic tasks' ticks (once per tick across all workers) and
+    does the housekeeping of one worker, on a thread of its own.
+
+    :param store: the app's queue storage.
+    :param registry: the task definitions (periodic ones have a schedule).
+    :param config: the app's queue settings.
+    :param owner: the worker's id, for log lines.
+    :param clock: the worker's clock.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        registry: TaskRegistry,
+        config: QueueConfig,
+        owner: str,
+        clock: Clock,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.config = config
+        self.owner = owner
+        self.clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        #: The last tick enqueued (or skipped) per periodic task, by this worker.
+        self._ticks: dict[str, datetime.datetime] = {}
+        self._retry_delay = RETRY_MIN
+        self._reported_unknown: set[str] = set()
+        self._next_prune = 0.0
+        self._next_unknown = time.monotonic() + FIRST_HOUSEKEEPING
+
+    def start(self) -> None:
+        """Start the scheduler thread."""
+        self._thread = threading.Thread(
+            target=self._run, name=f"plainqueue-scheduler-{self.owner}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Stop the scheduler thread and wait up to ``timeout`` seconds for it."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                wait = min(self.tick(), self.housekeeping())
+            except BaseException:  # a bug here must not end the ticks
+                logger.exception("Worker %s: the scheduler failed", self.owner)
+                wait = RETRY_MAX
+            self._stop.wait(max(wait, 0.0))
+
+    # -- periodic ticks ---------------------------------------------------------
+
+    def periodic(self) -> list[TaskDefinition[t.Any, t.Any]]:
+        """The registered periodic task definitions."""
+        return [d for d in self.registry if d.schedule is not None]
+
+    def tick(self, now: datetime.datetime | None = None) -> float:
+        """Enqueue the periodic tasks whose tick has come; return the seconds
+        until the next tick (or until a failed enqueue is tried again)."""
+        periodic = self.periodic()
+        if not periodic:
+            return HOUSEKEEPING_INTERVAL
+        # In UTC, as every time the queue writes (SQLite keeps no offset).
+        now = self.clock() if now is None else as_utc(now)
+        failed = False
+        for definition in periodic:
+            if not self._tick_one(definition, now):
+                failed = True
+        if failed:
+            wait = self._retry_delay
+            self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+        else:
+            self._retry_delay = RETRY_MIN
+            wait = HOUSEKEEPING_INTERVAL
+        for definition in periodic:
+            schedule = t.cast("Schedule", definition.schedule)
+            try:
+                upcoming = schedule.next(now)
+            except Exception:
+                continue
+            wait = min(wait, (upcoming - now).total_seconds())
+        return wait
+
+    def _tick_one(
+        self, definition: TaskDefinition[t.Any, t.Any], now: datetime.datetime
+    ) -> bool:
+        """Enqueue ``definition``'s latest tick if not done yet; return whether
+        nothing is left to retry."""
+        schedule = t.cast("Schedule", definition.schedule)
+        name = definition.name
+        try:
+            tick = schedule.latest(now)
+        except Exception:
+            logger.exception("Worker %s: no tick for %s", self.owner, name)
+            return True
+        last = self._ticks.get(name)
+        if last is not None and tick <= last:
+            return True
+        late = (now - tick).total_seconds()
+        tolerance = max(2 * self.config.poll_interval, 5.0)
+        run = definition.catch_up or late <= tolerance
+        row = None
+        if run:
+            row = new_row(
+                name,
+                queue=definition.options.queue,
+                priority=definition.options.priority,
+                data="null",
+                now=now,
+                run_at=now,
+                unique_key=f"tick:{tick.isoformat()}",
+            )
+        try:
+            enqueued = self.store.enqueue_tick(name, tick, row)
+        except Exception as exc:
+            if not self.store.is_missing_table(exc):
+                logger.exception(
+                    "Worker %s: could not enqueue periodic task %s for its tick at"
+                    " %s; will try again",
+                    self.owner,
+                    name,
+                    tick.isoformat(),
+                )
+            return False
+        self._ticks[name] = tick
+        if enqueued:
+            logger.info(
+                "Periodic task %s enqueued for its tick at %s",
+                name,
+                tick.isoformat(),
+                extra={"task": name},
+            )
+        elif row is None:
+            logger.warning(
+                "Periodic task %s: its tick at %s came %.1fs late and is skipped"
+                " (catch_up=False).",
+                name,
+                tick.isoformat(),
+                late,
+                extra={"task": name},
+            )
+        return True
+
+    # -- housekeeping -----------------------------------------------------------
+
+    def housekeeping(self) -> float:
+        """Prune dead tasks and report unknown task names when due; return the
+        seconds until the next housekeeping."""
+        now_mono = time.monotonic()
+        if now_mono >= self._next_prune:
+            self._next_prune = now_mono + HOUSEKEEPING_INTERVAL
+            try:
+                self.prune()
+            except Exception as exc:
+                if not self.store.is_missing_table(exc):  # the claim loop says so
+                    logger.exception("Worker %s: pruning dead tasks failed", self.owner)
+        if now_mono >= self._next_unknown:
+            self._next_unknown = now_mono + HOUSEKEEPING_INTERVAL
+            try:
+                self.report_unknown_names()
+            except Exception as exc:
+                if not self.store.is_missing_table(exc):
+                    logger.exception("Worker %s: housekeeping failed", self.owner)
+        return min(self._next_prune, self._next_unknown) - time.monotonic()
+
+    def prune(self) -> int:
+        """Delete dead tasks older than ``PLAINQUEUE_KEEP_FAILED``."""
+        keep = self.config.keep_failed
+        if keep is None:
+            return 0
+        before = self.clock() - datetime.timedelta(seconds=keep)
+        pruned = self.store.delete_dead(before=before, max_batches=100)
+        if pruned:
+            logger.info("Worker %s: pruned %d dead task(s)", self.owner, pruned)
+        return pruned
+
+    def report_unknown_names(self) -> list[str]:
+        """Log (once per name) due tasks that no registered definition claims;
+        return their names."""
+        names = self.store.unknown_names(self.registry.names(), self.clock())
+        for name in names:
+            if name not in self._reported_unknown:
+                self._reported_unknown.add(name)
+                logger.warning(
+                    "Tasks named %r are waiting but no task definition of that name is"
+                    " registered in this worker; they are left for a worker that knows"
+                    " it (import its module, e.g. with PLAINQUEUE_TASKS).",
+                    name,
+                    extra={"task": name},
+                )
+        return names

@@ -1,0 +1,177 @@
+"""The queue's tables on the app's ``db.metadata``: the mapped task model, the
+periodic ticks, and the task states.
+
+Columns use plain SQLAlchemy types, so ``db.create_all()`` and Alembic's
+autogenerate (Flask-Migrate) render them without importing this package:
+timestamps are ``DateTime(timezone=True)`` (naive UTC text on SQLite, which
+keeps no offset; rows loaded through the model are made aware, and
+:func:`~flask_plainqueue.clock.as_utc` does it for Core results) and data is JSON held as ``Text``, encoded by ``perform`` and
+decoded by the worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import typing as t
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+from sqlalchemy.orm.attributes import set_committed_value
+
+from .clock import as_utc
+
+if t.TYPE_CHECKING:
+    from flask_sqlalchemy import SQLAlchemy
+
+#: Stored ``status`` of a row that waits, is scheduled, or runs under a lease.
+STATUS_QUEUED = "queued"
+#: Stored ``status`` of a row that ran out of retries; kept for inspection.
+STATUS_DEAD = "dead"
+
+
+class TaskState(str, enum.Enum):
+    """What a stored task is doing now, as the CLI and dashboard show it."""
+
+    #: Due now and waiting for a worker.
+    PENDING = "pending"
+    #: Waiting for its ``run_at`` (a delay or a retry back-off).
+    SCHEDULED = "scheduled"
+    #: Claimed by a worker whose lease has not expired.
+    RUNNING = "running"
+    #: Out of retries; kept until pruned or retried by hand.
+    DEAD = "dead"
+
+
+class TaskModel(t.Protocol):
+    """The attributes of ``queue.Task``, for type checkers.
+
+    Columns are declared as class variables so that type checkers apply
+    ``Mapped``'s descriptor: ``queue.Task.name`` is a column expression and
+    ``task.name`` a ``str``, as on any declarative model.
+    """
+
+    __table__: t.ClassVar[sa.Table]
+
+    # The mapped class takes its columns as keyword arguments, as every
+    # declarative model does.
+    def __init__(self, **kwargs: t.Any) -> None: ...
+
+    id: t.ClassVar[Mapped[int]]
+    name: t.ClassVar[Mapped[str]]
+    queue: t.ClassVar[Mapped[str]]
+    priority: t.ClassVar[Mapped[int]]
+    data: t.ClassVar[Mapped[str | None]]
+    created: t.ClassVar[Mapped[datetime.datetime]]
+    run_at: t.ClassVar[Mapped[datetime.datetime]]
+    status: t.ClassVar[Mapped[str]]
+    attempts: t.ClassVar[Mapped[int]]
+    lease_owner: t.ClassVar[Mapped[str | None]]
+    failed_last: t.ClassVar[Mapped[datetime.datetime | None]]
+    failed_nr: t.ClassVar[Mapped[int]]
+    failed_error: t.ClassVar[Mapped[str | None]]
+    unique_key: t.ClassVar[Mapped[str | None]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tables:
+    """The queue's tables, as every layer above this one receives them."""
+
+    #: The mapped model of the task table (``queue.Task``).
+    model: type[TaskModel]
+    #: The last tick each periodic task was enqueued for.
+    periodic: sa.Table
+
+    @property
+    def tasks(self) -> sa.Table:
+        """The task table."""
+        return self.model.__table__
+
+
+_TIMESTAMPS = ("created", "run_at", "failed_last")
+
+
+def _aware_on_load(target: t.Any, context: t.Any) -> None:
+    _make_aware(target, _TIMESTAMPS)
+
+
+def _aware_on_refresh(
+    target: t.Any, context: t.Any, attrs: t.Iterable[str] | None
+) -> None:
+    _make_aware(target, _TIMESTAMPS if attrs is None else attrs)
+
+
+def _make_aware(target: t.Any, keys: t.Iterable[str]) -> None:
+    for key in keys:
+        value = target.__dict__.get(key)
+        if isinstance(value, datetime.datetime) and value.tzinfo is None:
+            set_committed_value(target, key, as_utc(value))
+
+
+def build_tables(db: SQLAlchemy, table: str) -> Tables:
+    """Map the queue's tables on ``db.metadata`` so ``db.create_all()`` and
+    migrations see them.
+
+    Besides plainweb's columns (``id``, ``name``, ``data``, ``created``,
+    ``failed_last``, ``failed_nr``, ``failed_error``) a task has ``run_at``, the
+    earliest time it may run, which while a worker holds it is also its lease
+    expiry: a claim moves ``run_at`` to the end of the lease, so a worker that
+    dies simply lets the row become due again.
+
+    Whichever worker moves a periodic task's ``last_tick`` forward (a
+    conditional ``UPDATE`` that only one transaction can win) enqueues that
+    tick's task, so a tick runs once however many workers see it.
+    """
+    big_id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+    when = sa.DateTime(timezone=True)
+    unique = sa.text(f"unique_key IS NOT NULL AND status = '{STATUS_QUEUED}'")
+    attrs: dict[str, t.Any] = {
+        "__tablename__": table,
+        "__table_args__": (
+            # The claim's "which task is next" scan, in claim order.
+            sa.Index(f"ix_{table}_next", "status", sa.desc("priority"), "run_at", "id"),
+            # The batch claim for one task name.
+            sa.Index(
+                f"ix_{table}_name_next", "name", "status", sa.desc("priority"), "run_at"
+            ),
+            sa.Index(
+                f"ux_{table}_unique_key",
+                "name",
+                "unique_key",
+                unique=True,
+                sqlite_where=unique,
+                postgresql_where=unique,
+            ),
+            # Never reuse the id of a finished task: ids are handed to users.
+            {"sqlite_autoincrement": True},
+        ),
+        "id": mapped_column(big_id, primary_key=True, autoincrement=True),
+        "name": mapped_column(sa.String(255), nullable=False),
+        "queue": mapped_column(sa.String(100), nullable=False, default="default"),
+        "priority": mapped_column(sa.Integer, nullable=False, default=0),
+        "data": mapped_column(sa.Text, nullable=True),
+        "created": mapped_column(when, nullable=False),
+        "run_at": mapped_column(when, nullable=False),
+        "status": mapped_column(sa.String(16), nullable=False, default=STATUS_QUEUED),
+        "attempts": mapped_column(sa.Integer, nullable=False, default=0),
+        "lease_owner": mapped_column(sa.String(64), nullable=True),
+        "failed_last": mapped_column(when, nullable=True),
+        "failed_nr": mapped_column(sa.Integer, nullable=False, default=0),
+        "failed_error": mapped_column(sa.Text, nullable=True),
+        "unique_key": mapped_column(sa.String(255), nullable=True),
+        "__repr__": lambda self: f"<Task {self.id} {self.name!r} {self.status}>",
+    }
+    model = t.cast("type[TaskModel]", type("PlainQueueTask", (db.Model,), attrs))
+    # SQLite keeps no offset: make loaded timestamps aware, so a row reads the
+    # same on both databases.
+    sa.event.listen(model, "load", _aware_on_load)
+    sa.event.listen(model, "refresh", _aware_on_refresh)
+    periodic = sa.Table(
+        f"{table}_periodic",
+        db.metadata,
+        sa.Column("name", sa.String(255), primary_key=True),
+        sa.Column("last_tick", when, nullable=False),
+    )
+    return Tables(model=model, periodic=periodic)

@@ -1,0 +1,126 @@
+"""The benchmark suite runs end to end with a tiny N, so it cannot rot (the
+report's arithmetic alone is in ``tests/unit/test_benchmarks_report.py``).
+
+No timings are asserted: the numbers live in docs/benchmarks/. Peers that are not
+installed here (Huey, procrastinate, pgqueuer) and PostgreSQL rows without a
+server are skipped by the suite itself, and the test checks they are reported as
+skipped rather than failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _benchmarks_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    # benchmarks/ is not installed (`pip install -e .` maps flask_plainqueue
+    # only), so import it from the checkout, as the suite's subprocesses do.
+    monkeypatch.syspath_prepend(str(ROOT))
+
+
+def run_suite(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(ROOT), env.get("PYTHONPATH")])
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--out", str(out), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_whole_suite_with_tiny_n(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    proc = run_suite(
+        out,
+        "--n",
+        "40",
+        "--rounds",
+        "1",
+        "--samples",
+        "2",
+        "--idle-seconds",
+        "0.3",
+        "--mem-n",
+        "200",
+        "--scale-waiting",
+        "400",
+        "--scale-take",
+        "50",
+        "--pg-url",
+        os.environ.get("TEST_POSTGRESQL_URL", ""),
+        "--note",
+        "smoke test",
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    data = json.loads((out / "results.json").read_text())
+    from benchmarks.cases import CASES
+
+    assert {s["case"] for s in data["scenarios"]} == set(CASES)
+    for scenario in data["scenarios"]:
+        errors = [r for runs in scenario["runs"].values() for r in runs if "error" in r]
+        assert not errors, (scenario["key"], errors)
+        first = scenario["contenders"][0]["label"]
+        if first in scenario["skipped"]:
+            # Only PostgreSQL rows may skip ours, and only without a server.
+            assert "postgresql" in scenario["key"] or "pg" in scenario["key"]
+            assert not os.environ.get("TEST_POSTGRESQL_URL"), scenario["skipped"][first]
+            continue
+        (result,) = scenario["runs"][first]
+        for metric in scenario["metrics"]:
+            assert result[metric] >= 0, (scenario["key"], metric)
+        for contender in scenario["contenders"]:
+            label = contender["label"]
+            assert scenario["runs"][label] or label in scenario["skipped"], (
+                scenario["key"],
+                label,
+            )
+    markdown = (out / "results.md").read_text()
+    for scenario in data["scenarios"]:
+        assert f"## {scenario['title']}" in markdown
+    assert "## Targets (issue 6)" in markdown
+    assert "smoke test" in markdown
+    assert "python -m benchmarks" in markdown
+    _check_rst((out / "results.inc").read_text())
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not (out / "results.png").exists()
+    else:
+        assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _check_rst(text: str) -> None:
+    """The reST fragment the docs page includes parses without a warning."""
+    docutils_core = pytest.importorskip("docutils.core")
+    doctree = docutils_core.publish_doctree(
+        text,
+        settings_overrides={
+            "report_level": 2,
+            "halt_level": 5,
+            "warning_stream": False,
+        },
+    )
+    messages = [n for n in doctree.findall() if n.tagname == "system_message"]
+    assert not messages, [m.astext() for m in messages]
+
+
+def test_rejects_unknown_case(tmp_path: Path) -> None:
+    proc = run_suite(tmp_path, "--cases", "enqueue,nonsense")
+    assert proc.returncode == 2
+    assert "unknown case(s) nonsense" in proc.stderr

@@ -1,0 +1,267 @@
+"""The dashboard end to end in headless Chromium (Debian's ``chromium`` and
+``chromium-driver``, driven by Selenium; nothing is downloaded): a browser in a
+process of its own, hence this tier.
+
+The app (``tests/apps/opsapp.py``) is served by a real HTTP server on
+127.0.0.1 in a thread; tasks are run with ``queue.drain()`` in the test.
+Screenshots of each page go to ``tmp_path``, and to the folder named by
+``DASHBOARD_SCREENSHOTS`` when it is set (``docs/_static`` for the docs).
+Skips where Chromium, chromedriver or Selenium is absent.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import typing as t
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from helpers import APPS
+from helpers import TIMEOUT
+from werkzeug.serving import make_server
+
+from flask_plainqueue import PlainQueue
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("CHROMIUM_BINARY", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+
+
+class Site(t.NamedTuple):
+    url: str
+    app: Flask
+    queue: PlainQueue
+    tmp_path: Path
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
+    monkeypatch.syspath_prepend(str(APPS))
+    import opsapp
+
+    app = opsapp.create_app(
+        SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path / 'ops.db'}",
+        TESTING=False,
+    )
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="dashboard-server")
+    thread.start()
+    try:
+        with app.app_context():
+            yield Site(
+                f"http://127.0.0.1:{server.server_port}", app, opsapp.queue, tmp_path
+            )
+            opsapp.db.session.remove()
+    finally:
+        server.shutdown()
+        thread.join(TIMEOUT)
+        server.server_close()
+        with app.app_context():
+            opsapp.db.engine.dispose()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[t.Any]:
+    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
+        pytest.skip(
+            f"needs {CHROMIUM} and {CHROMEDRIVER}"
+            " (apt-get install chromium chromium-driver)"
+        )
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    options.add_argument("--window-size=1280,900")
+    # A driver path given: Selenium Manager does not look for (or fetch) one.
+    service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
+    driver = webdriver.Chrome(options=options, service=service)
+    driver.set_page_load_timeout(TIMEOUT)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def screenshot(driver: t.Any, site: Site, name: str) -> None:
+    """Save the page (full height) as ``name``.png."""
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    width = driver.execute_script("return window.innerWidth")
+    driver.set_window_size(max(width, 360), min(max(height + 140, 500), 2400))
+    targets = [site.tmp_path / "screenshots"]
+    if os.environ.get("DASHBOARD_SCREENSHOTS"):
+        targets.append(Path(os.environ["DASHBOARD_SCREENSHOTS"]))
+    for target in targets:
+        target.mkdir(parents=True, exist_ok=True)
+        assert driver.save_screenshot(str(target / f"{name}.png"))
+
+
+def wait_text(driver: t.Any, css: str, text: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, TIMEOUT).until(
+        lambda d: text in d.find_element(By.CSS_SELECTOR, css).text
+    )
+
+
+def alert(driver: t.Any) -> t.Any:
+    """The confirmation dialog, once it is open."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, TIMEOUT).until(expected_conditions.alert_is_present())
+
+
+def log_in(driver: t.Any, site: Site) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{site.url}/queue/")
+    body = driver.find_element(By.TAG_NAME, "body").text
+    assert "no authorisation check is" not in body  # opsapp registers one
+    assert "not allowed" in body
+    driver.get(f"{site.url}/login")
+    driver.find_element(By.ID, "password").send_keys("letmein")
+    driver.find_element(By.ID, "login").click()
+    wait_text(driver, "h1", "Overview")
+
+
+def test_log_in_see_failed_task_retry_it_and_see_it_gone(
+    browser: t.Any, site: Site
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    queue = site.queue
+    ok_file = site.tmp_path / "fixed"
+    failed = queue.perform(
+        "ops.fail", {"error": "SMTP refused", "ok_file": str(ok_file)}
+    )
+    queue.perform_many("emails.send_welcome", [{"contact_id": n} for n in range(3)])
+    queue.drain()
+    # A realistic mix for the screenshots: waiting, scheduled, dead.
+    queue.perform_many("invoices.render", [{"invoice_id": 41}, {"invoice_id": 42}])
+    queue.drain()  # three attempts each, then dead
+    queue.perform_many("emails.send_welcome", [{"contact_id": n} for n in range(4, 9)])
+    queue.perform("invoices.render", {"invoice_id": 7}, delay=600)
+
+    log_in(browser, site)
+    text = browser.find_element(By.TAG_NAME, "main").text
+    assert "ops.fail" in text and "invoices.render" in text
+    screenshot(browser, site, "dashboard-overview")
+
+    browser.find_element(By.CSS_SELECTOR, ".pq-card.pq-state-dead").click()
+    wait_text(browser, "h1", "Dead tasks")
+    row = browser.find_element(By.XPATH, f"//tr[td/a[text()='{failed}']]")
+    assert "ValueError: SMTP refused" in row.text
+    screenshot(browser, site, "dashboard-failed")
+
+    invoice = browser.find_element(By.XPATH, "//tr[td[text()='invoices.render']]//a")
+    invoice_id = invoice.text
+    invoice.click()
+    wait_text(browser, "h1", f"Task {invoice_id}")
+    assert '"invoice_id": 4' in browser.find_element(By.ID, "pq-data").text
+    screenshot(browser, site, "dashboard-detail")
+
+    browser.get(f"{site.url}/queue/tasks?state=dead")
+    browser.find_element(By.LINK_TEXT, str(failed)).click()
+    wait_text(browser, "h1", f"Task {failed}")
+    assert '"error": "SMTP refused"' in browser.find_element(By.ID, "pq-data").text
+    assert "Traceback (most recent call last)" in (
+        browser.find_element(By.ID, "pq-error").text
+    )
+
+    ok_file.write_text("the bug is fixed")
+    browser.find_element(By.ID, "pq-retry").click()
+    wait_text(browser, ".pq-flash", f"Task {failed} (ops.fail) will run again now.")
+    assert "pending" in browser.find_element(By.CSS_SELECTOR, "h1 .pq-badge").text
+    assert queue.drain() >= 1
+
+    browser.get(f"{site.url}/queue/tasks?state=dead")
+    ids = [
+        int(a.text) for a in browser.find_elements(By.CSS_SELECTOR, "td:first-child a")
+    ]
+    assert failed not in ids and len(ids) == 2
+    browser.get(f"{site.url}/queue/tasks/{failed}")
+    assert "Not Found" in browser.title
+
+    # The dead list on a phone-sized screen: one card per task, no sideways
+    # scrolling.
+    browser.set_window_size(390, 844)
+    browser.get(f"{site.url}/queue/tasks?state=dead")
+    width = browser.execute_script("return document.documentElement.scrollWidth")
+    assert width <= 390, "the page must not scroll sideways on a phone"
+    screenshot(browser, site, "dashboard-phone")
+    browser.set_window_size(1280, 900)
+
+    # Retry all dead tasks of one name, with the confirmation dialog.
+    browser.get(f"{site.url}/queue/tasks?state=dead&name=invoices.render")
+    browser.find_element(By.ID, "pq-retry-all").click()
+    dialog = alert(browser)
+    assert dialog.text == "Retry 2 dead task(s) of invoices.render?"
+    dialog.accept()
+    wait_text(browser, ".pq-flash", "2 dead task(s) of invoices.render will run again")
+
+
+def test_payloads_in_data_and_errors_render_as_text(browser: t.Any, site: Site) -> None:
+    from selenium.webdriver.common.by import By
+
+    script = "<script>window.__xss = 'data'</script>"
+    img = "<img src=x onerror=\"window.__xss = 'img'\">"
+    error = "<img src=x onerror=window.__xss=1><script>window.__xss=2</script>"
+    task_id = site.queue.perform(
+        "ops.fail", {"note": script, "img": img, "error": error}
+    )
+    site.queue.drain()
+
+    log_in(browser, site)
+    for path in (f"/queue/tasks/{task_id}", "/queue/tasks?state=dead", "/queue/"):
+        browser.get(site.url + path)
+        assert browser.execute_script("return typeof window.__xss") == "undefined", path
+        assert browser.find_elements(By.CSS_SELECTOR, "main img, main script") == []
+
+    browser.get(f"{site.url}/queue/tasks/{task_id}")
+    data = browser.find_element(By.ID, "pq-data").text
+    assert script in data
+    assert "<img src=x onerror=\\\"window.__xss = 'img'\\\">" in data
+    assert f"ValueError: {error}" in browser.find_element(By.ID, "pq-error").text
+    browser.get(f"{site.url}/queue/tasks?state=dead")
+    assert (
+        f"ValueError: {error}"
+        in browser.find_element(By.CSS_SELECTOR, ".pq-error").text
+    )
+    assert browser.execute_script("return typeof window.__xss") == "undefined"
+
+    # Deleting asks first; dismissing keeps the task.
+    browser.get(f"{site.url}/queue/tasks/{task_id}")
+    browser.find_element(By.ID, "pq-delete").click()
+    alert(browser).dismiss()
+    assert browser.find_element(By.ID, "pq-data").is_displayed()
+    browser.find_element(By.ID, "pq-delete").click()
+    alert(browser).accept()
+    wait_text(browser, ".pq-flash", f"Task {task_id} (ops.fail) was deleted.")
+    assert site.queue.cancel(task_id) is False
+
+
+def test_without_login_every_page_is_refused(browser: t.Any, site: Site) -> None:
+    from selenium.webdriver.common.by import By
+
+    task_id = site.queue.perform("ops.ok", 1, delay=60)
+    for path in ("/queue/", "/queue/tasks", f"/queue/tasks/{task_id}"):
+        browser.get(site.url + path)
+        assert "not allowed" in browser.find_element(By.TAG_NAME, "body").text
