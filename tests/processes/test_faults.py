@@ -1,0 +1,253 @@
+"""Fault tests in a real ``flask queue work`` process (the trust issue): tasks,
+callbacks and receivers that raise each kind of ``BaseException``, a task that
+blocks past its timeout and the grace period, a 1 MB error message, and a task
+that ends its process. Afterwards the worker is alive (or, for the process
+that was ended, a new one takes over), each row is in its documented state,
+and ordinary tasks enqueued after the bad ones ran. On SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import signal
+import sys
+import typing as t
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from helpers import APPS
+from helpers import child_env
+from helpers import flask_args
+from helpers import Procs
+from helpers import procs_fixture
+from helpers import wait_for
+
+from flask_plainqueue import TaskState
+from flask_plainqueue.runner import MAX_ERROR_LENGTH
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    yield from procs_fixture(tmp_path)
+
+
+@pytest.fixture
+def faultapp(
+    database_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[t.Any]:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    monkeypatch.setenv("FAULTAPP_DATABASE_URI", database_uri)
+    monkeypatch.setenv("FAULTAPP_DIR", str(marks))
+    monkeypatch.syspath_prepend(str(APPS))
+    module: t.Any = importlib.import_module("faultapp")
+    app = module.create_app()
+    module.marks = marks
+    module.app = app
+    module.child_env = child_env(
+        FAULTAPP_DATABASE_URI=database_uri,
+        FAULTAPP_DIR=str(marks),
+        PLAINQUEUE_LEASE_SECONDS="3",
+        PLAINQUEUE_SHUTDOWN_GRACE="1",
+    )
+    yield module
+    with app.app_context():
+        module.db.session.remove()
+        module.db.drop_all()
+        module.db.engine.dispose()
+
+
+def _work(procs: Procs, faultapp: t.Any, *args: str) -> t.Any:
+    return procs.start(
+        flask_args("faultapp:create_app()", "queue", "work", *args),
+        env=faultapp.child_env,
+    )
+
+
+BAD = [
+    "body_system_exit",
+    "body_keyboard_interrupt",
+    "body_generator_exit",
+    "success_system_exit",
+    "failure_keyboard_interrupt",
+    "receiver_system_exit",
+    "past_timeout",
+    "huge_error",
+]
+
+
+def test_misbehaving_tasks_leave_the_worker_alive_and_rows_settled(
+    procs: Procs, faultapp: t.Any
+) -> None:
+    queue, app = faultapp.queue, faultapp.app
+    with app.app_context():
+        ids = {name: queue.perform(name) for name in BAD}
+        for n in range(3):
+            queue.perform("ordinary", f"after-{n}", priority=-1)
+    worker = _work(procs, faultapp, "--concurrency", "2")
+    wait_for(
+        lambda: all((faultapp.marks / f"ran-after-{n}").exists() for n in range(3)),
+        message=worker.output,
+    )
+
+    def settled() -> bool:
+        with app.app_context():
+            return all(
+                (info := queue.get(task_id)) is None
+                or info.state is not TaskState.RUNNING
+                for task_id in ids.values()
+            )
+
+    wait_for(settled, message=worker.output)
+    assert worker.returncode is None, worker.output()
+    with app.app_context():
+        # The body succeeded: the task is done whatever its callback or a
+        # task_started receiver raised.
+        assert queue.get(ids["success_system_exit"]) is None
+        assert queue.get(ids["receiver_system_exit"]) is None
+        for name in (
+            "body_system_exit",
+            "body_keyboard_interrupt",
+            "body_generator_exit",
+            "failure_keyboard_interrupt",
+            "past_timeout",
+            "huge_error",
+        ):
+            info = queue.get(ids[name])
+            assert info is not None, name
+            # One failed attempt, retried later: never leased, never dead.
+            assert info.state is TaskState.SCHEDULED, (name, info.state)
+            assert info.failed_nr == 1, name
+            assert info.lease_owner is None, name
+        timed_out = queue.get(ids["past_timeout"])
+        assert timed_out is not None and "TimeoutError" in (timed_out.error or "")
+        huge = queue.get(ids["huge_error"])
+        assert huge is not None and huge.error is not None
+        assert len(huge.error) <= MAX_ERROR_LENGTH
+        assert "RuntimeError" in huge.error
+        queue.perform("ordinary", "late")
+    wait_for(lambda: (faultapp.marks / "ran-late").exists(), message=worker.output)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.output()
+    assert "Traceback" not in worker.stdout()
+
+
+def test_task_that_ends_its_process_runs_again_in_the_next_worker(
+    procs: Procs, faultapp: t.Any
+) -> None:
+    queue, app = faultapp.queue, faultapp.app
+    with app.app_context():
+        task_id = queue.perform("exit_process_once")
+        queue.perform("ordinary", "after", priority=-1)
+    first = _work(procs, faultapp)
+    assert first.wait() == 17, first.output()
+    with app.app_context():
+        info = queue.get(task_id)
+        # Its worker is gone: the row stays leased until the lease expires.
+        assert info is not None and info.state is TaskState.RUNNING
+    second = _work(procs, faultapp)
+    wait_for(lambda: (faultapp.marks / "ran-after").exists(), message=second.output)
+
+    def done() -> bool:
+        with app.app_context():
+            return queue.get(task_id) is None
+
+    wait_for(done, message=second.output)
+    second.signal(signal.SIGTERM)
+    assert second.wait() == 0, second.output()
+    assert sys.platform  # the second run needed no help
+
+
+def test_second_sigterm_hands_back_a_running_batch(
+    procs: Procs, faultapp: t.Any
+) -> None:
+    """Item 16: a second SIGTERM replaces the first one's deadline (the grace
+    period) with an earlier one: the batch's rows are handed back, due now and
+    not counted as failures, and the process exits."""
+    queue, app = faultapp.queue, faultapp.app
+    faultapp.child_env["PLAINQUEUE_SHUTDOWN_GRACE"] = "600"
+    faultapp.child_env["PLAINQUEUE_LEASE_SECONDS"] = "600"
+    with app.app_context():
+        ids = [queue.perform("slow_batch") for _ in range(3)]
+    worker = _work(procs, faultapp)
+
+    def running() -> bool:
+        with app.app_context():
+            return bool(queue.count(state=TaskState.RUNNING) == 3)
+
+    wait_for(running, message=worker.output)
+    worker.signal(signal.SIGTERM)
+    # Two signals sent back to back reach Python's handler as one.
+    wait_for(lambda: "SIGTERM received" in worker.stderr(), message=worker.output)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.output()
+    assert "handing back" in worker.stderr()
+    with app.app_context():
+        for task_id in ids:
+            info = queue.get(task_id)
+            assert info is not None
+            assert info.state is TaskState.PENDING, worker.output()
+            assert info.lease_owner is None
+            assert info.failed_nr == 0
+
+
+@pytest.mark.postgresql
+def test_worker_with_a_fast_clock_uses_the_database_clock(
+    procs: Procs, faultapp: t.Any
+) -> None:
+    """Item 18: a worker whose host clock runs 10 minutes fast (libfaketime)
+    neither runs a delayed task early nor takes a task another worker leased;
+    on PostgreSQL due times and leases are compared with the database's clock."""
+    libraries = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
+    if not libraries:
+        pytest.skip("Debian's faketime (libfaketime) is not installed")
+    queue, app = faultapp.queue, faultapp.app
+    if not str(faultapp.child_env["FAULTAPP_DATABASE_URI"]).startswith("postgresql"):
+        pytest.skip("SQLite has no clock but the host's")
+    table = queue.Task.__table__
+    with app.app_context():
+        delayed = queue.perform("ordinary", "delayed", delay=300)
+        leased = queue.perform("ordinary", "leased")
+        with faultapp.db.engine.begin() as conn:
+            conn.execute(
+                sa.update(table)
+                .where(table.c.id == leased)
+                .values(
+                    lease_owner="another:1:worker",
+                    attempts=1,
+                    run_at=sa.func.now() + datetime.timedelta(seconds=120),
+                )
+            )
+        queue.perform("ordinary", "now")
+    # Preloaded into the worker itself (not under the faketime wrapper), so
+    # the test's SIGTERM reaches the worker.
+    env = {
+        **faultapp.child_env,
+        "LD_PRELOAD": str(libraries[0]),
+        "FAKETIME": "+600s",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+    worker = procs.start(flask_args("faultapp:create_app()", "queue", "work"), env=env)
+    wait_for(lambda: (faultapp.marks / "ran-now").exists(), message=worker.output)
+    first_line = worker.stderr().splitlines()[0]
+    logged = datetime.datetime.strptime(first_line[:19], "%Y-%m-%d %H:%M:%S")
+    # The fake clock is in effect (the log's local time is UTC here).
+    assert logged > datetime.datetime.now() + datetime.timedelta(seconds=500)
+    with app.app_context():
+        # A later task runs, so the worker has claimed again since.
+        queue.perform("ordinary", "later")
+    wait_for(lambda: (faultapp.marks / "ran-later").exists(), message=worker.output)
+    assert not (faultapp.marks / "ran-delayed").exists()
+    assert not (faultapp.marks / "ran-leased").exists()
+    with app.app_context():
+        info = queue.get(leased)
+        assert info is not None and info.lease_owner == "another:1:worker"
+        info = queue.get(delayed)
+        assert info is not None and info.state is TaskState.SCHEDULED
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.output()
