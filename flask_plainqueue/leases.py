@@ -78,6 +78,7 @@ class Leases:
         self._held: list[Held] = []
         self._lock = threading.Lock()
         self._busy = threading.Event()
+        self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -148,10 +149,15 @@ class Leases:
             )
 
     def close(self) -> None:
-        """Stop the watchdog thread."""
+        """Stop the watchdog thread and wait for it, so nothing of the worker
+        (and its app) outlives this call."""
         with self._lock:
             self._closed = True
+            self._closing.set()
             self._busy.set()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5.0)
 
     def _watch(self) -> None:
         while True:
@@ -166,7 +172,8 @@ class Leases:
         self._busy.wait()
         # Look a tenth of a second later, not at once: most tasks end within
         # that, and waking per task would cost each one a thread switch.
-        time.sleep(WATCH_INTERVAL)
+        if self._closing.wait(WATCH_INTERVAL):
+            return False
         now = time.monotonic()
         with self._lock:
             if self._closed:

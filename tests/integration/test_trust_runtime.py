@@ -1,0 +1,140 @@
+"""The trust issue's runtime items: a failed tick enqueue is retried and a
+skipped tick is logged (item 15); ``start_worker`` from many threads starts
+one worker, and the per-app runtime never keeps an app alive (item 19). On
+SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import logging
+import threading
+import typing as t
+import weakref
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from conftest import create_test_app
+from conftest import Env
+
+from flask_plainqueue.scheduler import RETRY_MIN
+
+UTC = datetime.timezone.utc
+
+
+def _at(hour: int, minute: int, second: int = 0) -> datetime.datetime:
+    return datetime.datetime(2026, 3, 1, hour, minute, second, tzinfo=UTC)
+
+
+def _tick_rows(env: Env) -> int:
+    env.db.session.rollback()
+    return int(
+        env.db.session.scalar(sa.select(sa.func.count()).select_from(env.queue.Task))
+        or 0
+    )
+
+
+@pytest.mark.usefixtures("app_ctx")
+def test_failed_tick_enqueue_is_retried_soon(
+    env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    @env.queue.periodic(every=datetime.timedelta(minutes=1), name="minutely")
+    def minutely() -> None:
+        pass
+
+    worker = env.queue.worker(env.app)
+    store = worker.scheduler.store
+    try:
+        worker.scheduler.tick(_at(12, 0, 30))
+        real = store.enqueue_tick
+        failures = iter([True])
+
+        def flaky(*args: t.Any, **kwargs: t.Any) -> bool:
+            if next(failures, False):
+                raise sa.exc.OperationalError("INSERT", {}, Exception("disk I/O"))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(store, "enqueue_tick", flaky)
+        with caplog.at_level(logging.ERROR):
+            wait = worker.scheduler.tick(_at(12, 1, 2))
+        # Tried again within seconds, not at the next tick a minute later.
+        assert wait == pytest.approx(RETRY_MIN)
+        assert _tick_rows(env) == 0
+        assert "will try again" in caplog.text
+        worker.scheduler.tick(_at(12, 1, 3))
+        assert _tick_rows(env) == 1
+    finally:
+        worker.close()
+        env.queue.forget_worker(worker)
+
+
+@pytest.mark.usefixtures("app_ctx")
+def test_a_skipped_tick_is_logged(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    @env.queue.periodic(cron="0 * * * *", name="hourly", catch_up=False)
+    def hourly() -> None:
+        pass
+
+    worker = env.queue.worker(env.app)
+    try:
+        worker.scheduler.tick(_at(12, 30))
+        with caplog.at_level(logging.WARNING):
+            worker.scheduler.tick(_at(15, 30))
+        assert _tick_rows(env) == 0
+        assert "is skipped" in caplog.text
+        assert "hourly" in caplog.text
+    finally:
+        worker.close()
+        env.queue.forget_worker(worker)
+
+
+def test_start_worker_from_many_threads_starts_one_worker(
+    database_uri: str, tmp_path: Path
+) -> None:
+    app, db, queue = create_test_app(database_uri, tmp_path / "instance")
+    with app.app_context():
+        db.create_all()
+    barrier = threading.Barrier(8)
+    started: list[t.Any] = []
+    lock = threading.Lock()
+
+    def start() -> None:
+        barrier.wait()
+        thread = queue.start_worker(app, force=True)
+        with lock:
+            started.append(thread)
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    try:
+        assert len(started) == 8
+        assert len({id(thread) for thread in started}) == 1
+        assert queue.embedded_worker(app) is started[0]
+        names = [th.name for th in threading.enumerate()]
+        assert sum(name.startswith("plainqueue-worker") for name in names) <= 1
+    finally:
+        assert queue.stop_worker(app, timeout=10)
+        with app.app_context():
+            db.drop_all()
+            db.engine.dispose()
+
+
+def test_the_queue_keeps_no_app_alive(sqlite_uri: str, tmp_path: Path) -> None:
+    app, db, queue = create_test_app(sqlite_uri, tmp_path / "instance")
+
+    @queue.task(name="t")
+    def task() -> None:
+        pass
+
+    with app.app_context():
+        db.create_all()
+        queue.perform(task)
+        assert queue.drain() == 1
+        db.engine.dispose()
+    ref = weakref.ref(app)
+    del app
+    gc.collect()
+    assert ref() is None
