@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from conftest import create_test_app
 from conftest import Env
 
+from flask_plainqueue import TaskState
 from flask_plainqueue.scheduler import RETRY_MIN
 
 UTC = datetime.timezone.utc
@@ -138,3 +139,42 @@ def test_the_queue_keeps_no_app_alive(sqlite_uri: str, tmp_path: Path) -> None:
     del app
     gc.collect()
     assert ref() is None
+
+
+@pytest.mark.usefixtures("app_ctx")
+def test_batches_keep_running_while_timeouts_replace_the_pool(env: Env) -> None:
+    """Item 19: a timed-out batch replaces the task pool; a batch another claim
+    loop starts at that moment runs on a live pool instead of being stranded on
+    the one being shut down (which left it waiting for its lease)."""
+    queue = env.queue
+    done: list[int] = []
+    lock = threading.Lock()
+
+    @queue.task(name="stuck", batch_size=2, timeout=0.05, max_retries=0)
+    def stuck() -> None:
+        threading.Event().wait(0.5)
+
+    @queue.task(name="quick", batch_size=2)
+    def quick(data: int) -> None:
+        with lock:
+            done.append(data)
+
+    for _ in range(6):
+        queue.perform(stuck)
+    queue.perform_many(quick, list(range(60)))
+    worker = queue.worker(env.app, concurrency=2)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run(burst=True)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive(), "a batch was stranded on a pool being shut down"
+    assert errors == []
+    assert sorted(done) == list(range(60))
+    assert queue.count(name="stuck", state=TaskState.DEAD) == 6
