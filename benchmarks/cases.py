@@ -8,7 +8,16 @@ import dataclasses
 import typing as t
 
 #: Case names for ``--cases``, in report order.
-CASES = ("enqueue", "process", "latency", "idle", "realistic", "scale", "memory")
+CASES = (
+    "enqueue",
+    "process",
+    "latency",
+    "idle",
+    "realistic",
+    "scale",
+    "names",
+    "memory",
+)
 
 #: metric -> (unit, higher is better)
 METRICS: dict[str, tuple[str, bool]] = {
@@ -52,6 +61,8 @@ class Settings:
     mem_n: int
     scale_waiting: int
     scale_take: int
+    names_due: int
+    names_take: int
     samples: int
     idle_seconds: float
     pg_url: str | None
@@ -468,6 +479,58 @@ def scenarios(s: Settings) -> list[Scenario]:
                     ),
                 ),
                 primary=f"{s.scale_waiting:,} waiting + {s.scale_waiting:,} dead",
+            )
+        )
+    for engine, label in (("sqlite", "SQLite"), ("postgresql", "PostgreSQL")):
+        where = {"engine": engine, "pg_url": s.pg_url} if engine != "sqlite" else {}
+        base = "1 name, 1,000 due"
+        out.append(
+            Scenario(
+                "names",
+                f"names-{engine}",
+                f"{label}: worker throughput, batch_size=1, with many task names and"
+                f" a backlog (first {s.names_take:,} tasks)",
+                ("rate",),
+                (
+                    Contender(
+                        base,
+                        f"{OURS}:names",
+                        {
+                            "names": 1,
+                            "due": 1_000,
+                            "spread": False,
+                            "take": min(1_000, s.names_take),
+                            **where,
+                        },
+                        "ours",
+                    ),
+                    Contender(
+                        f"25 names, {s.names_due:,} due, all of one name",
+                        f"{OURS}:names",
+                        {
+                            "names": 25,
+                            "due": s.names_due,
+                            "spread": False,
+                            "take": s.names_take,
+                            **where,
+                        },
+                        "ours",
+                    ),
+                    Contender(
+                        f"25 names, {s.names_due:,} due, spread unevenly",
+                        f"{OURS}:names",
+                        {
+                            "names": 25,
+                            "due": s.names_due,
+                            "spread": True,
+                            "take": s.names_take,
+                            **where,
+                        },
+                        "ours",
+                    ),
+                ),
+                primary=base,
+                note="Target (issue 12): the two 25-name rows at >= 0.9x the first.",
             )
         )
     out.append(

@@ -75,6 +75,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " holds just these (default 5000)",
     )
     parser.add_argument(
+        "--names-due",
+        type=int,
+        default=100_000,
+        help="due tasks in the names case's backlog (default 100000)",
+    )
+    parser.add_argument(
+        "--names-take",
+        type=int,
+        default=1_000,
+        help="tasks processed in each names measurement (default 1000: the"
+        " 1-name row has 1,000 due tasks)",
+    )
+    parser.add_argument(
         "--samples",
         type=int,
         default=40,
@@ -161,6 +174,8 @@ def run(args: argparse.Namespace, log: t.Callable[[str], None]) -> dict[str, t.A
         mem_n=args.mem_n,
         scale_waiting=args.scale_waiting,
         scale_take=args.scale_take,
+        names_due=args.names_due,
+        names_take=args.names_take,
         samples=args.samples,
         idle_seconds=args.idle_seconds,
         pg_url=args.pg_url or None,

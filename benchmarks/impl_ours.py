@@ -20,6 +20,7 @@ from .common import Barrier
 from .common import fill_sqlite_queue
 from .common import percentile
 from .common import TABLE
+from .common import TASK_NAME
 
 WORK = ["-m", "flask", "--app", "benchmarks.ourapp:create_app", "queue", "work"]
 
@@ -360,6 +361,60 @@ def cpu_seconds(pid: int) -> float:
 # -- case 5: scale ----------------------------------------------------------------
 
 
+def names(
+    *,
+    workdir: Path,
+    names: int,
+    due: int,
+    spread: bool,
+    take: int,
+    batch: int = 1,
+    engine: str = "sqlite",
+    pg_url: str | None = None,
+) -> dict[str, t.Any]:
+    """Steady worker throughput (``flask queue work --burst``) over the first
+    ``take`` of ``due`` tasks with ``names`` task names registered: all of the
+    tasks of one name, or ``spread`` unevenly over every name (name ``i`` gets a
+    share proportional to ``1 / (i + 1)``). The clock runs from the first fifth
+    of ``take`` to the last, as in :func:`scale`."""
+    with _database(workdir, engine, pg_url) as uri:
+        app = _app(uri, BENCH_TASK="count", BENCH_BATCH=batch, BENCH_NAMES=names)
+        from . import ourapp
+
+        all_names = [TASK_NAME] + [f"{TASK_NAME}_{i:02d}" for i in range(names - 1)]
+        rng = random.Random(12)
+        weights = [1 / (i + 1) for i in range(names)]
+        with app.app_context():
+            for start in range(0, due, 10_000):
+                count = min(10_000, due - start)
+                chosen = (
+                    rng.choices(all_names, weights, k=count)
+                    if spread
+                    else [TASK_NAME] * count
+                )
+                by_name: dict[str, list[t.Any]] = {}
+                for i, name in enumerate(chosen):
+                    by_name.setdefault(name, []).append({"i": start + i})
+                for name, items in by_name.items():
+                    ourapp.queue.perform_many(name, items)
+            if engine == "postgresql":
+                # What autovacuum does to a table that grew this much.
+                with ourapp.db.engine.connect().execution_options(
+                    isolation_level="AUTOCOMMIT"
+                ) as conn:
+                    conn.exec_driver_sql("VACUUM ANALYZE plainqueue_tasks")
+            ourapp.db.engine.dispose()
+        rates = _steady_rate(
+            workdir,
+            uri,
+            take,
+            timeout=max(120.0, take / 50),
+            BENCH_BATCH=batch,
+            BENCH_NAMES=names,
+        )
+    return {"rate": rates["rate"]}
+
+
 def scale(
     *,
     workdir: Path,
@@ -399,17 +454,28 @@ def scale(
         os.fsync(fd)
     finally:
         os.close(fd)
+    return _steady_rate(
+        workdir, uri, take, timeout=max(120.0, take / 100), BENCH_BATCH=batch
+    )
+
+
+def _steady_rate(
+    workdir: Path, uri: str, take: int, *, timeout: float, **env: t.Any
+) -> dict[str, float]:
+    """One ``flask queue work --burst`` that stops after ``take`` tasks: its rate
+    from the first fifth of them to the last (``rate``, once SQLite's page cache
+    and PostgreSQL's plans are warm) and from its start (``cold_rate``)."""
     began, results = _run_workers(
         workdir,
         uri,
         processes=1,
         args=["--log-level", "WARNING"],
-        timeout=max(120.0, take / 100),
+        timeout=timeout,
         env_extra={
             "BENCH_TASK": "count",
-            "BENCH_BATCH": batch,
             "BENCH_STOP_AFTER": take,
             "BENCH_WARM": take // 5,
+            **env,
         },
         burst=True,
     )

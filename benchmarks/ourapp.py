@@ -9,6 +9,8 @@ Configured by environment variables, so every measuring process builds the same 
                       ``BENCH_UDP_PORT``) or ``account`` (reads and writes one row of
                       the app's own ``account`` table through ``db.session``)
 ``BENCH_BATCH``       the task's ``batch_size``
+``BENCH_NAMES``       how many task names are registered (``bench_task`` and
+                      ``bench_task_00``, ... running the same body)
 ``BENCH_SYNC``        ``PLAINQUEUE_SQLITE_SYNCHRONOUS``
 ``BENCH_DIR``         where the start barrier and results live (unset: no barrier)
 """
@@ -118,6 +120,13 @@ def create_app() -> Flask:
         queue.task(name=TASK_NAME, batch_size=int(os.environ.get("BENCH_BATCH", "1")))(
             body
         )
+        # More task names beside it (the claim then has to find which is next),
+        # all running the same body.
+        for i in range(int(os.environ.get("BENCH_NAMES", "1")) - 1):
+            queue.task(
+                name=f"{TASK_NAME}_{i:02d}",
+                batch_size=int(os.environ.get("BENCH_BATCH", "1")),
+            )(body)
     directory = os.environ.get("BENCH_DIR")
     if directory:
         barrier = Barrier(directory)

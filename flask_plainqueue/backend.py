@@ -23,9 +23,6 @@ from .statements import ClaimRequest
 from .statements import Outcomes
 from .statements import Statements
 
-#: Task names per "which name is next" statement.
-HEAD_CHUNK = 200
-
 #: ``on_change(payload)``: something was committed that a worker may claim.
 #: ``payload`` is the task's queue, ``""`` for any queue, or ``None`` when
 #: changes may have been missed (after reconnecting).
@@ -149,44 +146,6 @@ class Backend:
         raise NotImplementedError
 
     # -- shared by the backends -------------------------------------------------
-
-    def claim_params(
-        self,
-        request: ClaimRequest,
-        heads: Callable[[int, int | None, dict[str, t.Any]], Sequence[t.Any]],
-    ) -> tuple[int | None, dict[str, t.Any]] | None:
-        """Which name a claim takes next, as the batch claim's parameters, with
-        the number of queues it filters on; ``None`` when nothing is due.
-
-        :param heads: runs ``Statements.head(names, queues)`` with the given
-            parameters and returns its rows (the backend's way to execute).
-        """
-        s = self.statements
-        if not request.names:
-            return None
-        queues = None if request.queues is None else len(request.queues)
-        params: dict[str, t.Any] = {"now": request.now}
-        params.update(s.queue_params(request.queues))
-        if len(request.names) == 1:
-            name = request.names[0]
-        else:
-            rows: list[t.Any] = []
-            # In chunks: SQLite allows at most 500 parts in one UNION ALL.
-            for start in range(0, len(request.names), HEAD_CHUNK):
-                chunk = request.names[start : start + HEAD_CHUNK]
-                rows.extend(
-                    heads(len(chunk), queues, {**params, **s.name_params(chunk)})
-                )
-            if not rows:
-                return None
-            name = s.first_head(rows)
-        params.update(
-            owner=request.owner,
-            until=request.until,
-            p_name=name,
-            limit=request.batch_sizes[name],
-        )
-        return queues, params
 
     def settle_on(
         self, conn: Connection, owner: str, outcomes: Outcomes, now: t.Any

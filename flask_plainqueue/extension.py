@@ -38,6 +38,7 @@ from .tasks import PerformArgs
 from .tasks import TaskDecorators
 from .tasks import TaskDefinition
 from .tasks import TaskRegistry
+from .worker import AppParts
 from .worker import Worker
 
 if t.TYPE_CHECKING:
@@ -130,7 +131,7 @@ class PlainQueue(TaskDecorators, QueueManagement):
         for definition in self.registry:
             _check_for(store, definition)
         store.backend.configure()
-        self._apps[app] = AppRuntime(app, db, store, self.registry, config)
+        self._apps[app] = AppRuntime(app, AppParts(db, store, self.registry, config))
         app.extensions["plainqueue"] = self
         self._listen_for_commits(db)
         import_task_modules(config.tasks)

@@ -25,7 +25,9 @@ import typing as t
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import Grouping
 
 from .backend import Backend
 from .backend import ChangeCallback
@@ -111,7 +113,7 @@ class PostgreSQLBackend(Backend):
             if self.notifies
             else ()
         )
-        self._claims: dict[t.Hashable, sa.Update] = {}
+        self._statements: dict[t.Hashable, sa.Executable] = {}
         self._clock = DatabaseClock(self.engine)
 
     def insert_columns(self) -> tuple[sa.ColumnElement[t.Any], ...]:
@@ -133,31 +135,99 @@ class PostgreSQLBackend(Backend):
     def claim(
         self, request: ClaimRequest, outcomes: Outcomes | None
     ) -> Sequence[t.Any]:
-        s = self.statements
+        queues = None if request.queues is None else len(request.queues)
+        params = {
+            "now": request.now,
+            "owner": request.owner,
+            "until": request.until,
+            **self.statements.queue_params(request.queues),
+        }
         with self.write() as conn:
+            # The claim's statements are prepared (psycopg prepares a statement
+            # run five times); a generic plan spares planning them on every
+            # claim, and their plans do not depend on the values.
+            conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
             if outcomes:
                 self.settle_on(conn, request.owner, outcomes, request.now)
-            picked = self.claim_params(
-                request,
-                lambda names, queues, params: conn.execute(
-                    s.head(names, queues), params
-                ).all(),
+            names = list(request.names)
+            while names:
+                rows = conn.execute(
+                    self._claim(queues),
+                    {
+                        **params,
+                        "names": names,
+                        "limits": [request.batch_sizes[name] for name in names],
+                    },
+                ).all()
+                if rows:
+                    return rows
+                name = conn.execute(
+                    self._head(queues), {**params, "names": names}
+                ).scalar()
+                if name is None:
+                    return []
+                # Another worker is claiming every due task of that name right
+                # now (SKIP LOCKED passed them over): ask again without it,
+                # rather than going idle while tasks of other names are due.
+                names.remove(name)
+            return []
+
+    def _head(self, queues: int | None) -> sa.Select[t.Any]:
+        """The name of the first due task of those named ``:names``: one
+        index seek per name, in a lateral join over the names."""
+        key = ("head", queues)
+        stmt = self._statements.get(key)
+        if stmt is None:
+            listed = (
+                sa.func.unnest(_names())
+                .table_valued("name")
+                .render_derived(name="names")
             )
-            if picked is None:
-                return []
-            queues, params = picked
-            return conn.execute(self._claim(queues), params).all()
+            first = self.statements.first_of(listed.c.name, queues).lateral("head")
+            stmt = self._statements[key] = (
+                sa.select(listed.c.name)
+                .select_from(listed)
+                .join(first, sa.true())
+                .order_by(first.c.claim_rank, first.c.run_at, first.c.id)
+                .limit(1)
+            )
+        return t.cast("sa.Select[t.Any]", stmt)
 
     def _claim(self, queues: int | None) -> sa.Update:
-        stmt = self._claims.get(queues)
+        """Claim up to one batch of the next task name's due tasks in one
+        statement: the first due task of all decides the name when this
+        worker serves it (one seek), else :meth:`_head` does; ``:limits``
+        holds the batch size of each of ``:names``."""
+        key = ("claim", queues)
+        stmt = self._statements.get(key)
         if stmt is None:
             s = self.statements
+            names = _names()
+            first_overall = s.first_overall(lambda n: n == sa.any_(names), queues)
+            first_known = self._head(queues).scalar_subquery()
+            # COALESCE evaluates the second only when the first is NULL.
+            next_name = sa.select(
+                sa.func.coalesce(first_overall, first_known).label("name")
+            ).cte("next_name")
+            name = sa.select(next_name.c.name).scalar_subquery()
+            # Parenthesised, as PostgreSQL needs before a subscript.
+            limits = sa.type_coerce(
+                Grouping(sa.bindparam("limits", type_=ARRAY(sa.Integer))),
+                ARRAY(sa.Integer),
+            )
             # A CTE, not "id IN (subquery)": PostgreSQL may evaluate such a
-            # subquery more than once and so take more than :limit rows. Other
-            # workers skip the rows this one is locking instead of waiting.
-            picked = s.pick(queues).with_for_update(skip_locked=True).cte("picked")
-            stmt = self._claims[queues] = s.claim_where(s.table.c.id == picked.c.id)
-        return stmt
+            # subquery more than once and so take more than the batch size.
+            # Other workers skip the rows this one is locking, not wait.
+            picked = (
+                s.pick(name, limits[sa.func.array_position(names, name)], queues)
+                .with_for_update(skip_locked=True)
+                .cte("picked")
+            )
+            # "= ANY(ARRAY(...))", not a join: a plan made without knowing the
+            # batch size (a generic plan) would hash-join a scan of the table.
+            ids = sa.func.array(sa.select(picked.c.id).scalar_subquery())
+            stmt = self._statements[key] = s.claim_where(s.table.c.id == sa.any_(ids))
+        return t.cast(sa.Update, stmt)
 
     def watcher(self, on_change: ChangeCallback, name: str) -> Listener | None:
         return Listener(self, on_change, name=name) if self.notifies else None
@@ -408,6 +478,12 @@ class Listener:
 
 class _Unsupported(Exception):
     pass
+
+
+def _names() -> sa.BindParameter[t.Any]:
+    # Sent as one array: the same statement text whatever the names, so the
+    # statement is prepared and planned once per connection.
+    return sa.bindparam("names", type_=ARRAY(sa.Text))
 
 
 def _describe(exc: BaseException) -> str:

@@ -14,40 +14,31 @@ from collections.abc import Sequence
 
 from .embedded import at_exit
 from .embedded import WorkerThread
+from .worker import AppParts
 from .worker import Worker
 
 if t.TYPE_CHECKING:
     from flask import Flask
-    from flask_sqlalchemy import SQLAlchemy
-
-    from .config import QueueConfig
-    from .store import Store
-    from .tasks import TaskRegistry
 
 
 class AppRuntime:
     """The queue's runtime for one app.
 
     :param app: the app (kept as a weak reference).
-    :param db: its Flask-SQLAlchemy instance.
-    :param store: its queue storage.
-    :param registry: the queue's task definitions.
-    :param config: its validated settings.
+    :param parts: its database, queue storage, task definitions and settings.
     """
 
     def __init__(
         self,
         app: Flask,
-        db: SQLAlchemy,
-        store: Store,
-        registry: TaskRegistry,
-        config: QueueConfig,
+        parts: AppParts,
     ) -> None:
         self._app = weakref.ref(app)
-        self.db = db
-        self.store = store
-        self.registry = registry
-        self.config = config
+        self.parts = parts
+        self.db = parts.db
+        self.store = parts.store
+        self.registry = parts.registry
+        self.config = parts.config
         self._workers: list[Worker] = []
         self._thread: WorkerThread | None = None
         self._lock = threading.Lock()
@@ -61,9 +52,7 @@ class AppRuntime:
 
     def make_worker(self, **kwargs: t.Any) -> Worker:
         """A new worker for the app, not registered for wake-ups."""
-        return Worker(
-            self.app, self.db, self.store, self.registry, self.config, **kwargs
-        )
+        return Worker(self.app, self.parts, **kwargs)
 
     def worker(
         self, *, concurrency: int | None = None, queues: Sequence[str] | None = None

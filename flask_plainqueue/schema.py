@@ -63,6 +63,8 @@ class TaskModel(t.Protocol):
     name: t.ClassVar[Mapped[str]]
     queue: t.ClassVar[Mapped[str]]
     priority: t.ClassVar[Mapped[int]]
+    #: ``-priority``, computed by the database: the claim index's order.
+    claim_rank: t.ClassVar[Mapped[int]]
     data: t.ClassVar[Mapped[str | None]]
     created: t.ClassVar[Mapped[datetime.datetime]]
     run_at: t.ClassVar[Mapped[datetime.datetime]]
@@ -130,12 +132,14 @@ def build_tables(db: SQLAlchemy, table: str) -> Tables:
     attrs: dict[str, t.Any] = {
         "__tablename__": table,
         "__table_args__": (
-            # The claim's "which task is next" scan, in claim order.
-            sa.Index(f"ix_{table}_next", "status", sa.desc("priority"), "run_at", "id"),
-            # The batch claim for one task name.
+            # The claim's one index: per task name, its queued rows in claim
+            # order, so "the next task of this name" is one seek whatever the
+            # backlog. Plain columns only (``claim_rank`` instead of a
+            # descending ``priority``), which Alembic can compare on SQLite too.
             sa.Index(
-                f"ix_{table}_name_next", "name", "status", sa.desc("priority"), "run_at"
+                f"ix_{table}_claim", "status", "name", "claim_rank", "run_at", "id"
             ),
+            sa.Index(f"ix_{table}_due", "status", "claim_rank", "run_at", "id"),
             sa.Index(
                 f"ux_{table}_unique_key",
                 "name",
@@ -151,6 +155,11 @@ def build_tables(db: SQLAlchemy, table: str) -> Tables:
         "name": mapped_column(sa.String(255), nullable=False),
         "queue": mapped_column(sa.String(100), nullable=False, default="default"),
         "priority": mapped_column(sa.Integer, nullable=False, default=0),
+        # Claim order is highest priority first: the database keeps the
+        # negated priority, so the claim index is ascending in every column.
+        "claim_rank": mapped_column(
+            sa.Integer, sa.Computed("0 - priority", persisted=True)
+        ),
         "data": mapped_column(sa.Text, nullable=True),
         "created": mapped_column(when, nullable=False),
         "run_at": mapped_column(when, nullable=False),

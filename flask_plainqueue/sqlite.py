@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
+import json
 import logging
 import sqlite3
 import threading
@@ -42,6 +44,21 @@ def utc_text(value: datetime.datetime) -> str:
     if value.tzinfo is not datetime.timezone.utc:
         value = value.astimezone(datetime.timezone.utc)
     return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+@functools.lru_cache(maxsize=64)
+def _names_json(names: tuple[str, ...]) -> str:
+    return json.dumps(names)
+
+
+@functools.lru_cache(maxsize=64)
+def _limits_json(sizes: tuple[tuple[str, int], ...]) -> str:
+    return json.dumps(dict(sizes))
+
+
+def names_json(names: Sequence[str]) -> str:
+    """Task names as the JSON array the head statement reads with ``json_each``."""
+    return _names_json(tuple(names))
 
 
 class Compiled:
@@ -209,31 +226,73 @@ class SQLiteBackend(Backend):
                         compiled.sql, [compiled.args(p) for p in param_sets]
                     )
 
-            def heads(
-                names: int, queues: int | None, params: dict[str, t.Any]
-            ) -> list[t.Any]:
-                head = self._compiled(
-                    ("head", names, queues), lambda: s.head(names, queues)
-                )
-                rows: list[t.Any] = cursor.execute(
-                    head.sql, head.args(params)
-                ).fetchall()
-                return rows
-
-            picked = self.claim_params(request, heads)
-            if picked is None:
-                return []
-            queues, params = picked
+            queues = None if request.queues is None else len(request.queues)
             claim = self._compiled(
-                ("claim", queues),
-                lambda: s.claim_where(
-                    s.table.c.id.in_(s.pick(queues).scalar_subquery())
-                ),
+                ("claim", queues), lambda: self.claim_statement(queues)
             )
             rows: list[tuple[t.Any, ...]] = cursor.execute(
-                claim.sql, claim.args(params)
+                claim.sql, claim.args(self.claim_values(request))
             ).fetchall()
             return rows
+
+    def claim_values(self, request: ClaimRequest) -> dict[str, t.Any]:
+        """The parameters of :meth:`claim_statement` for ``request``."""
+        return {
+            "now": request.now,
+            "owner": request.owner,
+            "until": request.until,
+            "names": names_json(request.names),
+            "limits": _limits_json(
+                tuple((name, request.batch_sizes[name]) for name in request.names)
+            ),
+            **self.statements.queue_params(request.queues),
+        }
+
+    def claim_statement(self, queues: int | None) -> sa.Update:
+        """Claim up to one batch of the next task name's due tasks, in one
+        statement: :meth:`head` decides the name, a JSON object of batch sizes
+        (``:limits``) its batch size. SQLite runs one writer at a time, so
+        ``id IN (subquery)`` takes exactly those rows."""
+        s = self.statements
+        # Materialized: the name is worked out once, not once per use.
+        next_name = self.head(queues).cte("next_name").prefix_with("MATERIALIZED")
+        name = sa.select(next_name.c.name).scalar_subquery()
+        limits = sa.func.json_each(sa.bindparam("limits", type_=sa.Text)).table_valued(
+            "key", "value", name="limits"
+        )
+        limit = sa.select(limits.c.value).where(limits.c.key == name).scalar_subquery()
+        picked = s.pick(name, limit, queues)
+        return s.claim_where(s.table.c.id.in_(picked.scalar_subquery()))
+
+    def head(self, queues: int | None) -> sa.Select[t.Any]:
+        """Which task name is next: the first due task of all when this worker
+        serves it, else the first of each name it knows (one index seek each,
+        in a correlated subquery). The names are sent as one JSON array
+        (``json_each``), so the statement's text is the same whatever they are."""
+        s = self.statements
+
+        def names() -> t.Any:
+            return sa.func.json_each(sa.bindparam("names", type_=sa.Text)).table_valued(
+                "value", name="names"
+            )
+
+        listed = names()
+        first_overall = s.first_overall(
+            lambda name: name.in_(sa.select(listed.c.value)), queues
+        )
+        each = names()
+        first = s.first_of(each.c.value, queues).with_only_columns(s.table.c.id)
+        head = s.table.alias("head")
+        first_known = (
+            sa.select(head.c.name)
+            .select_from(each)
+            .join(head, head.c.id == first.scalar_subquery())
+            .order_by(head.c.claim_rank, head.c.run_at, head.c.id)
+            .limit(1)
+            .scalar_subquery()
+        )
+        # COALESCE evaluates the second only when the first is NULL.
+        return sa.select(sa.func.coalesce(first_overall, first_known).label("name"))
 
     @contextlib.contextmanager
     def pinned(self) -> Iterator[None]:

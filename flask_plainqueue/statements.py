@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import typing as t
+from collections.abc import Callable
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -134,8 +135,12 @@ class Statements:
         self.tables = tables
         self.table = table = tables.tasks
         c = table.c
-        #: Claim order: priority, then due time, then id.
-        self.order = (c.priority.desc(), c.run_at, c.id)
+        #: Claim order: highest priority first, then due time, then id (the
+        #: claim index's order: ``claim_rank`` is ``-priority``).
+        self.order = (c.claim_rank, c.run_at, c.id)
+        #: The same order among the tasks of one name, as the claim index
+        #: (``ix_<table>_claim``) has it: see :meth:`named`.
+        self.name_order = (c.name, *self.order)
         #: A task that may be claimed at ``:now``.
         self.due = sa.and_(c.status == STATUS_QUEUED, c.run_at <= sa.bindparam("now"))
         #: What a claim returns, as :class:`ClaimedTask` takes it.
@@ -211,59 +216,83 @@ class Statements:
         ]
         return [self.table.c.queue.in_(params)]
 
-    def pick(self, queues: int | None) -> sa.Select[tuple[int]]:
-        """The ids of up to ``:limit`` due tasks named ``:p_name``, in claim
-        order: the rows a batch claim takes."""
-        key = ("pick", queues)
-        stmt = self._cache.get(key)
-        if stmt is None:
-            c = self.table.c
-            stmt = self._cache[key] = (
-                sa.select(c.id)
-                .where(
-                    self.due,
-                    c.name == sa.bindparam("p_name"),
-                    *self.queue_filter(queues),
-                )
-                .order_by(*self.order)
-                .limit(sa.bindparam("limit"))
-            )
-        return t.cast("sa.Select[tuple[int]]", stmt)
+    def pick(
+        self,
+        name: sa.ColumnElement[str],
+        limit: sa.ColumnElement[int],
+        queues: int | None,
+    ) -> sa.Select[tuple[int]]:
+        """The ids of up to ``limit`` due tasks named ``name``, in claim order:
+        the rows a batch claim takes (a range in the claim index)."""
+        c = self.table.c
+        return (
+            sa.select(c.id)
+            .where(self.due, self.named(name), *self.queue_filter(queues))
+            .order_by(*self.name_order)
+            # When nothing is due the name, and so the limit, is NULL, which
+            # SQLite refuses and PostgreSQL takes as "no limit".
+            .limit(sa.func.coalesce(limit, 0))
+        )
 
-    def head(self, names: int, queues: int | None) -> sa.CompoundSelect[t.Any]:
-        """For each of ``names`` task names (``:n0``, ``:n1``, ...), its first due
-        task in claim order (``name, priority, run_at, id``): one index seek per
-        name. Scanning the claim order across all names instead would walk past
-        every due row of names this worker does not know, which after a rolling
-        deploy can be all of them."""
-        key = ("head", names, queues)
-        stmt = self._cache.get(key)
-        if stmt is None:
-            c = self.table.c
-            parts = [
-                sa.select(c.name, c.priority, c.run_at, c.id)
-                .where(
-                    self.due,
-                    c.name == sa.bindparam(f"n{i}"),
-                    *self.queue_filter(queues),
-                )
-                .order_by(*self.order)
-                .limit(1)
-                .subquery()
-                .select()
-                for i in range(names)
-            ]
-            stmt = self._cache[key] = sa.union_all(*parts)
-        return t.cast("sa.CompoundSelect[t.Any]", stmt)
+    def named(self, name: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
+        """Tasks named ``name``, for statements ordered by :attr:`name_order`.
 
-    @staticmethod
-    def first_head(heads: Sequence[t.Any]) -> str:
-        """The name of the head row first in claim order."""
-        return t.cast(str, min(heads, key=lambda r: (-r[1], r[2], r[3]))[0])
+        Spelled as a range (``name >= :n AND name <= :n``), not ``=``: after
+        ``name = :n`` a planner drops ``name`` from the order, and then the
+        overall due index (``ix_<table>_due``) filtered by name looks as good
+        as the claim index to it whenever its statistics say one name has
+        every row, although walking it passes every due task of the other
+        names. As a range, only the claim index gives the order without a
+        sort, so it is chosen on both databases whatever the statistics.
+        """
+        c = self.table.c
+        return sa.and_(c.name >= name, c.name <= name)
 
-    @staticmethod
-    def name_params(names: Sequence[str]) -> dict[str, str]:
-        return {f"n{i}": name for i, name in enumerate(names)}
+    def first_of(
+        self, name: sa.ColumnElement[str], queues: int | None
+    ) -> sa.Select[t.Any]:
+        """The first due task named ``name`` in claim order: one seek in the
+        claim index. The backends run it once per task name a worker knows
+        (a lateral join or a correlated subquery), which keeps the "which name
+        is next" question independent of the backlog and of rows of names this
+        worker does not know (after a rolling deploy, maybe all of them)."""
+        c = self.table.c
+        return (
+            sa.select(c.name, c.claim_rank, c.run_at, c.id)
+            .where(self.due, self.named(name), *self.queue_filter(queues))
+            .order_by(*self.name_order)
+            .limit(1)
+        )
+
+    def first_overall(
+        self,
+        served: Callable[[sa.ColumnElement[str]], sa.ColumnElement[bool]],
+        queues: int | None,
+    ) -> sa.ScalarSelect[t.Any]:
+        """The name of the first due task of all when ``served(name)`` holds
+        and its queue is served, else NULL: one seek in the due index
+        (``ix_<table>_due``). Usually this answers "which name is next"; when
+        tasks of names or queues a worker does not serve come first, the
+        backend asks :meth:`first_of` for each name it knows instead, so
+        neither costs more as those tasks pile up."""
+        c = self.table.c
+        overall = (
+            sa.select(c.name, c.queue)
+            .where(self.due)
+            .order_by(*self.order)
+            .limit(1)
+            .subquery("overall")
+        )
+        queue_ok = (
+            []
+            if queues is None
+            else [overall.c.queue.in_([sa.bindparam(f"q{i}") for i in range(queues)])]
+        )
+        return (
+            sa.select(overall.c.name)
+            .where(served(overall.c.name), *queue_ok)
+            .scalar_subquery()
+        )
 
     @staticmethod
     def queue_params(queues: Sequence[str] | None) -> dict[str, str]:

@@ -287,6 +287,9 @@ class TaskRegistry:
 
     def __init__(self) -> None:
         self._tasks: dict[str, TaskDefinition[t.Any, t.Any]] = {}
+        #: Changes whenever a definition is added, so what is built from the
+        #: definitions can be kept until then.
+        self.version = 0
 
     def add(self, definition: TaskDefinition[t.Any, t.Any]) -> None:
         """Register ``definition``.
@@ -301,6 +304,7 @@ class TaskRegistry:
                 " name with @queue.task(name=...)."
             )
         self._tasks[definition.name] = definition
+        self.version += 1
 
     def get(self, name: str) -> TaskDefinition[t.Any, t.Any]:
         """The definition named ``name``.

@@ -5,6 +5,7 @@ it."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -35,6 +36,7 @@ if t.TYPE_CHECKING:
     from .backend import Watcher
     from .config import QueueConfig
     from .store import Store
+    from .tasks import TaskDefinition
     from .tasks import TaskRegistry
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,20 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
+@dataclasses.dataclass(frozen=True)
+class AppParts:
+    """What the queue keeps for one app, which its workers share."""
+
+    #: The app's Flask-SQLAlchemy instance.
+    db: SQLAlchemy
+    #: The app's queue storage.
+    store: Store
+    #: The queue's task definitions.
+    registry: TaskRegistry
+    #: The app's validated queue settings.
+    config: QueueConfig
+
+
 class Worker:
     """Claims and runs tasks for one app.
 
@@ -63,10 +79,8 @@ class Worker:
     (sync functions on pool threads, coroutine functions on one event loop).
 
     :param app: the concrete Flask app whose context each task runs in.
-    :param db: the app's Flask-SQLAlchemy instance.
-    :param store: the app's queue storage.
-    :param registry: the task definitions this worker may run.
-    :param config: the app's queue settings.
+    :param parts: the app's database, queue storage, task definitions (those
+        this worker may run) and settings.
     :param queues: only claim tasks of these queues; ``None`` means all.
     :param clock: returns the current UTC time; default the store's clock
         (the database's on PostgreSQL). Tests inject their own.
@@ -75,10 +89,7 @@ class Worker:
     def __init__(
         self,
         app: Flask,
-        db: SQLAlchemy,
-        store: Store,
-        registry: TaskRegistry,
-        config: QueueConfig,
+        parts: AppParts,
         *,
         concurrency: int | None = None,
         queues: Sequence[str] | None = None,
@@ -86,10 +97,18 @@ class Worker:
         worker_id: str | None = None,
     ) -> None:
         self.app = app
-        self.db = db
-        self.store = store
-        self.registry = registry
-        self.config = config
+        self.db = db = parts.db
+        self.store = store = parts.store
+        self.registry = registry = parts.registry
+        # What a claim asks for, kept until a task is registered:
+        # (registry version, definitions by name, names, batch sizes).
+        self._claimable: tuple[
+            int,
+            dict[str, TaskDefinition[t.Any, t.Any]],
+            tuple[str, ...],
+            dict[str, int],
+        ] = (-1, {}, (), {})
+        self.config = config = parts.config
         self.concurrency = concurrency or config.concurrency
         self.queues = list(queues) if queues else None
         self.clock = clock or store.clock
@@ -434,12 +453,20 @@ class Worker:
         if self._stop.is_set() and now is None and self._stop_deadline is not None:
             return 0
         claim_time = now or self.clock()
-        definitions = {d.name: d for d in self.registry}
+        if self._claimable[0] != self.registry.version:
+            definitions = {d.name: d for d in self.registry}
+            self._claimable = (
+                self.registry.version,
+                definitions,
+                tuple(sorted(definitions)),
+                {n: d.options.batch_size for n, d in definitions.items()},
+            )
+        _, definitions, names, batch_sizes = self._claimable
         tasks = self.store.claim(
             ClaimRequest(
                 owner=self.id,
-                names=sorted(definitions),
-                batch_sizes={n: d.options.batch_size for n, d in definitions.items()},
+                names=names,
+                batch_sizes=batch_sizes,
                 now=claim_time,
                 until=claim_time + self._lease,
                 queues=self.queues,
