@@ -227,8 +227,10 @@ class SQLiteBackend(Backend):
                     )
 
             queues = None if request.queues is None else len(request.queues)
+            single = len(request.names) == 1
             claim = self._compiled(
-                ("claim", queues), lambda: self.claim_statement(queues)
+                ("claim", queues, single),
+                lambda: self.claim_statement(queues, single=single),
             )
             rows: list[tuple[t.Any, ...]] = cursor.execute(
                 claim.sql, claim.args(self.claim_values(request))
@@ -237,6 +239,16 @@ class SQLiteBackend(Backend):
 
     def claim_values(self, request: ClaimRequest) -> dict[str, t.Any]:
         """The parameters of :meth:`claim_statement` for ``request``."""
+        if len(request.names) == 1:
+            name = request.names[0]
+            return {
+                "now": request.now,
+                "owner": request.owner,
+                "until": request.until,
+                "p_name": name,
+                "limit": request.batch_sizes[name],
+                **self.statements.queue_params(request.queues),
+            }
         return {
             "now": request.now,
             "owner": request.owner,
@@ -248,12 +260,17 @@ class SQLiteBackend(Backend):
             **self.statements.queue_params(request.queues),
         }
 
-    def claim_statement(self, queues: int | None) -> sa.Update:
+    def claim_statement(self, queues: int | None, *, single: bool = False) -> sa.Update:
         """Claim up to one batch of the next task name's due tasks, in one
         statement: :meth:`head` decides the name, a JSON object of batch sizes
-        (``:limits``) its batch size. SQLite runs one writer at a time, so
-        ``id IN (subquery)`` takes exactly those rows."""
+        (``:limits``) its batch size; for a worker of one task name
+        (``single``) that name (``:p_name``) and its batch size (``:limit``).
+        SQLite runs one writer at a time, so ``id IN (subquery)`` takes
+        exactly those rows."""
         s = self.statements
+        if single:
+            picked = s.pick(sa.bindparam("p_name"), sa.bindparam("limit"), queues)
+            return s.claim_where(s.table.c.id.in_(picked.scalar_subquery()))
         # Materialized: the name is worked out once, not once per use.
         next_name = self.head(queues).cte("next_name").prefix_with("MATERIALIZED")
         name = sa.select(next_name.c.name).scalar_subquery()

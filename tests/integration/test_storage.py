@@ -3,6 +3,7 @@ through ``perform`` and the storage layer (``queue.store()``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import re
@@ -442,6 +443,8 @@ def test_claim_and_prune_use_indexes_not_scans(sqlite_uri: str, tmp_path: Path) 
             assert first
             done = Outcomes(completed=[(c.id, c.attempts) for c in first])
             store.claim(request, done)
+            # A worker of one task name claims with a simpler statement.
+            assert store.claim(dataclasses.replace(request, names=["b"]))
             store.delete_dead(before=now)
         finally:
             sa.event.remove(store.engine, "before_cursor_execute", grab)
@@ -450,7 +453,8 @@ def test_claim_and_prune_use_indexes_not_scans(sqlite_uri: str, tmp_path: Path) 
         statements.update(
             sql for sql in backend.compiled_statements() if not sql.startswith("INSERT")
         )
-        assert len(statements) == 3, statements  # claim, delete done, prune
+        # The two claims (many names, one name), delete done, prune.
+        assert len(statements) == 4, statements
         with store.engine.connect() as conn:
             for statement in statements:
                 args = (None,) * statement.count("?")
@@ -461,7 +465,9 @@ def test_claim_and_prune_use_indexes_not_scans(sqlite_uri: str, tmp_path: Path) 
                     )
                 }
                 details = [detail for _, detail in plan.values()]
-                assert not any(d.startswith("SCAN plainqueue_tasks") for d in details), (
+                assert not any(
+                    d.startswith("SCAN plainqueue_tasks") for d in details
+                ), (
                     statement,
                     details,
                 )
@@ -547,7 +553,7 @@ def test_sqlite_fast_path_claims_what_the_general_path_claims(
                 backend.begin_write(conn)
                 general = claimed(
                     conn.execute(
-                        backend.claim_statement(queue_count),
+                        backend.claim_statement(queue_count, single=len(names) == 1),
                         backend.claim_values(request),
                     ).all()
                 )
