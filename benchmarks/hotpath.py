@@ -98,10 +98,8 @@ def _main(args: argparse.Namespace, uri: str) -> int:
     store = queue.store(app)
     # The worker's own batch runner and attempt runner, built alike, so the
     # batch and attempt modes run them without the claim around them.
-    runner = TaskRunner(app, ourapp.db, store, worker.id, worker.clock)
-    batches = BatchRunner(
-        runner, worker.leases, store, queue.registry, 1, deadline=lambda: None
-    )
+    runner = TaskRunner(app, worker.parts, worker.id, worker.clock)
+    batches = BatchRunner(runner, worker.leases, worker.parts, 1, deadline=lambda: None)
     definition = queue.registry.get("bench_task")
     names = sorted(queue.registry.names())
     sizes = {name: args.batch for name in names}

@@ -221,6 +221,16 @@ def _both(
 
 
 HUEY_FULL = "Huey SqliteStorage, synchronous=FULL (its default)"
+
+
+def _names_target(key: str, db: str, how: str) -> Target:
+    return Target(
+        f"{db}: 25 names, backlog {how} vs 1 name, 1,000 due (issue 12)",
+        "≥ 0.9×",
+        lambda by: _names_check(by, key, how),
+    )
+
+
 TARGETS = (
     Target(
         "processing, batch 100, 1 process (SQLite)",
@@ -310,7 +320,23 @@ TARGETS = (
         "≥ 0.8×",
         lambda by: _scale_check(by, "scale-b1"),
     ),
+    *(
+        _names_target(key, db, how)
+        for key, db in (("names-sqlite", "SQLite"), ("names-postgresql", "PostgreSQL"))
+        for how in ("all of one name", "spread unevenly")
+    ),
 )
+
+
+def _names_check(
+    by: dict[tuple[str, str, str], Row], key: str, how: str
+) -> tuple[str, bool | None]:
+    for (k, label, metric), row in by.items():
+        if k == key and metric == "rate" and label.endswith(how) and row.ratios:
+            # The ratios are first / this; the target is this / first.
+            r = 1 / statistics.median(row.ratios)
+            return f"{r:.2f}× (25 names / 1 name)", r >= 0.9
+    return "not measured", None
 
 
 def _scale_check(

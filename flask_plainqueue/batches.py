@@ -21,9 +21,8 @@ from .statements import ClaimedTask
 from .statements import Outcomes
 
 if t.TYPE_CHECKING:
-    from .store import Store
+    from .store import AppParts
     from .tasks import TaskDefinition
-    from .tasks import TaskRegistry
 
 #: How often a worker waiting on a running batch looks at its deadlines.
 STOP_CHECK_INTERVAL = 0.1
@@ -34,8 +33,8 @@ class BatchRunner:
 
     :param runner: runs one attempt.
     :param leases: the worker's lease keeper.
-    :param store: the app's queue storage.
-    :param registry: the task definitions (for the pool's size).
+    :param parts: the app's queue storage and task definitions (for the
+        pool's size).
     :param concurrency: the worker's claim loops (for the pool's size).
     :param deadline: the worker's stop deadline (``time.monotonic()``), if any.
     """
@@ -44,15 +43,14 @@ class BatchRunner:
         self,
         runner: TaskRunner,
         leases: Leases,
-        store: Store,
-        registry: TaskRegistry,
+        parts: AppParts,
         concurrency: int,
         deadline: Callable[[], float | None],
     ) -> None:
         self._runner = runner
         self.leases = leases
-        self.store = store
-        self.registry = registry
+        self.store = parts.store
+        self.registry = parts.registry
         self.concurrency = concurrency
         self.deadline = deadline
         self._pool: TaskPool | None = None

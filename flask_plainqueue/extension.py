@@ -31,6 +31,7 @@ from .runtime import AppRuntime
 from .schema import build_tables
 from .schema import Tables
 from .schema import TaskModel
+from .store import AppParts
 from .store import Store
 from .tasks import import_task_modules
 from .tasks import JSONValue
@@ -38,7 +39,6 @@ from .tasks import PerformArgs
 from .tasks import TaskDecorators
 from .tasks import TaskDefinition
 from .tasks import TaskRegistry
-from .worker import AppParts
 from .worker import Worker
 
 if t.TYPE_CHECKING:

@@ -23,12 +23,11 @@ from .retry import retry_delay
 from .statements import ClaimedTask
 from .statements import Failure
 from .statements import Outcomes
-from .store import Store
 
 if t.TYPE_CHECKING:
     from flask import Flask
-    from flask_sqlalchemy import SQLAlchemy
 
+    from .store import AppParts
     from .tasks import TaskDefinition
 
 logger = logging.getLogger("flask_plainqueue.worker")
@@ -82,8 +81,9 @@ class TaskRunner:
     """Runs claimed tasks for one worker.
 
     :param app: the app whose context each attempt runs in.
-    :param db: its Flask-SQLAlchemy instance (the task's ``db.session``).
-    :param store: writes the success transaction and timed-out failures.
+    :param parts: the app's Flask-SQLAlchemy instance (the task's
+        ``db.session``) and queue storage (which writes the success
+        transaction and timed-out failures).
     :param worker_id: the lease owner the worker claims as.
     :param now: the worker's clock.
     """
@@ -91,14 +91,13 @@ class TaskRunner:
     def __init__(
         self,
         app: Flask,
-        db: SQLAlchemy,
-        store: Store,
+        parts: AppParts,
         worker_id: str,
         now: Callable[[], datetime.datetime],
     ) -> None:
         self.app = app
-        self.db = db
-        self.store = store
+        self.db = parts.db
+        self.store = parts.store
         self.id = worker_id
         self._now = now
         self._lock = threading.Lock()

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from .embedded import at_exit
 from .embedded import WorkerThread
-from .worker import AppParts
+from .store import AppParts
 from .worker import Worker
 
 if t.TYPE_CHECKING:

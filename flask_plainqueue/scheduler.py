@@ -14,11 +14,9 @@ from .clock import Clock
 from .statements import new_row
 
 if t.TYPE_CHECKING:
-    from .config import QueueConfig
     from .schedules import Schedule
-    from .store import Store
+    from .store import AppParts
     from .tasks import TaskDefinition
-    from .tasks import TaskRegistry
 
 logger = logging.getLogger("flask_plainqueue.worker")
 
@@ -37,24 +35,21 @@ class Scheduler:
     """Enqueues the periodic tasks' ticks (once per tick across all workers) and
     does the housekeeping of one worker, on a thread of its own.
 
-    :param store: the app's queue storage.
-    :param registry: the task definitions (periodic ones have a schedule).
-    :param config: the app's queue settings.
+    :param parts: the app's queue storage, task definitions (periodic ones
+        have a schedule) and settings.
     :param owner: the worker's id, for log lines.
     :param clock: the worker's clock.
     """
 
     def __init__(
         self,
-        store: Store,
-        registry: TaskRegistry,
-        config: QueueConfig,
+        parts: AppParts,
         owner: str,
         clock: Clock,
     ) -> None:
-        self.store = store
-        self.registry = registry
-        self.config = config
+        self.store = parts.store
+        self.registry = parts.registry
+        self.config = parts.config
         self.owner = owner
         self.clock = clock
         self._stop = threading.Event()

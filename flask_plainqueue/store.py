@@ -10,6 +10,7 @@ must join the caller's transaction. Together with :mod:`.admin` and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import typing as t
 from collections.abc import Callable
@@ -30,6 +31,11 @@ from .statements import ClaimedTask
 from .statements import ClaimRequest
 from .statements import Outcomes
 from .statements import Statements
+
+if t.TYPE_CHECKING:
+    from flask_sqlalchemy import SQLAlchemy
+
+    from .tasks import TaskRegistry
 
 _T = t.TypeVar("_T")
 
@@ -323,3 +329,17 @@ class Store:
             if deleted < batch:
                 break
         return total
+
+
+@dataclasses.dataclass(frozen=True)
+class AppParts:
+    """What the queue keeps for one app, which its workers share."""
+
+    #: The app's Flask-SQLAlchemy instance.
+    db: SQLAlchemy
+    #: The app's queue storage.
+    store: Store
+    #: The queue's task definitions.
+    registry: TaskRegistry
+    #: The app's validated queue settings.
+    config: QueueConfig

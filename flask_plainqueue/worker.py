@@ -5,7 +5,6 @@ it."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import logging
 import os
@@ -28,16 +27,13 @@ from .runner import TaskRunner
 from .scheduler import Scheduler
 from .statements import ClaimRequest
 from .statements import Outcomes
+from .store import AppParts
 
 if t.TYPE_CHECKING:
     from flask import Flask
-    from flask_sqlalchemy import SQLAlchemy
 
     from .backend import Watcher
-    from .config import QueueConfig
-    from .store import Store
     from .tasks import TaskDefinition
-    from .tasks import TaskRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -55,20 +51,6 @@ FAILURE_LOG_INTERVAL = 60.0
 def new_worker_id() -> str:
     """``host:pid:random``, unique per worker, recorded as the lease owner."""
     return f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-
-
-@dataclasses.dataclass(frozen=True)
-class AppParts:
-    """What the queue keeps for one app, which its workers share."""
-
-    #: The app's Flask-SQLAlchemy instance.
-    db: SQLAlchemy
-    #: The app's queue storage.
-    store: Store
-    #: The queue's task definitions.
-    registry: TaskRegistry
-    #: The app's validated queue settings.
-    config: QueueConfig
 
 
 class Worker:
@@ -97,9 +79,11 @@ class Worker:
         worker_id: str | None = None,
     ) -> None:
         self.app = app
-        self.db = db = parts.db
+        #: The app's database, queue storage, task definitions and settings.
+        self.parts = parts
+        self.db = parts.db
         self.store = store = parts.store
-        self.registry = registry = parts.registry
+        self.registry = parts.registry
         # What a claim asks for, kept until a task is registered:
         # (registry version, definitions by name, names, batch sizes).
         self._claimable: tuple[
@@ -121,7 +105,7 @@ class Worker:
         self._watcher: Watcher | None = None
         self._lease = datetime.timedelta(seconds=config.lease_seconds)
         self._fixed_now: datetime.datetime | None = None
-        self._runner = TaskRunner(app, db, store, self.id, self._now)
+        self._runner = TaskRunner(app, parts, self.id, self._now)
         self.leases = Leases(
             store,
             self.id,
@@ -132,13 +116,12 @@ class Worker:
         self._batches = BatchRunner(
             self._runner,
             self.leases,
-            store,
-            registry,
+            parts,
             self.concurrency,
             lambda: self._stop_deadline,
         )
         #: Periodic ticks and housekeeping (its thread runs with :meth:`run`).
-        self.scheduler = Scheduler(store, registry, config, self.id, self.clock)
+        self.scheduler = Scheduler(parts, self.id, self.clock)
         self._claims_failing_since: float | None = None
         self._claims_failure_logged = 0.0
         self._missing_table_since: float | None = None
