@@ -64,30 +64,44 @@ def names_json(names: Sequence[str]) -> str:
 class Compiled:
     """A Core statement compiled once for SQLite, with its parameters converted by
     the columns' own types (a timestamp as :func:`utc_text`), to run on the
-    driver's cursor without SQLAlchemy's per-execution work."""
+    driver's cursor without SQLAlchemy's per-execution work.
+
+    Compiled with named parameters (``:now``), so a value a statement uses in
+    several places is converted and sent once.
+    """
 
     def __init__(self, stmt: sa.Executable, dialect: Dialect) -> None:
-        compiled = stmt.compile(dialect=dialect)  # type: ignore[attr-defined]
+        named = _named_dialect(type(dialect))
+        compiled = stmt.compile(dialect=named)  # type: ignore[attr-defined]
         self.sql: str = compiled.string
         self._defaults = dict(compiled.params)
         plan: list[tuple[str, Callable[[t.Any], t.Any] | None]] = []
-        for key in compiled.positiontup or ():
-            bind = compiled.binds[key]
+        for bind, key in compiled.bind_names.items():
+            if any(key == known for known, _ in plan):
+                continue
             if isinstance(bind.type, sa.DateTime):
                 processor: Callable[[t.Any], t.Any] | None = utc_text
             else:
-                processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+                processor = bind.type.dialect_impl(named).bind_processor(named)
             plan.append((key, processor))
         self._plan = plan
 
-    def args(self, values: Mapping[str, t.Any]) -> tuple[t.Any, ...]:
-        out = []
+    def args(self, values: Mapping[str, t.Any]) -> dict[str, t.Any]:
+        out = {}
         for key, processor in self._plan:
             value = values[key] if key in values else self._defaults[key]
-            out.append(
-                value if processor is None or value is None else processor(value)
-            )
-        return tuple(out)
+            out[key] = value if processor is None or value is None else processor(value)
+        return out
+
+
+_NAMED: dict[type[Dialect], Dialect] = {}
+
+
+def _named_dialect(kind: type[Dialect]) -> Dialect:
+    dialect = _NAMED.get(kind)
+    if dialect is None:
+        dialect = _NAMED[kind] = kind(paramstyle="named")  # type: ignore[call-arg]
+    return dialect
 
 
 class SQLiteBackend(Backend):

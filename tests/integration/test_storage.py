@@ -457,7 +457,12 @@ def test_claim_and_prune_use_indexes_not_scans(sqlite_uri: str, tmp_path: Path) 
         assert len(statements) == 4, statements
         with store.engine.connect() as conn:
             for statement in statements:
-                args = (None,) * statement.count("?")
+                # The driver-cursor statements use named parameters (":now").
+                args: t.Any = (
+                    (None,) * statement.count("?")
+                    if "?" in statement
+                    else dict.fromkeys(re.findall(r":(\w+)", statement))
+                )
                 plan = {
                     row[0]: (row[1], row[-1])
                     for row in conn.exec_driver_sql(
