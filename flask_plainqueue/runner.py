@@ -180,6 +180,8 @@ class TaskRunner:
                     self._interrupt = exc
 
     def _send(self, signal: t.Any, **kwargs: t.Any) -> None:
+        if not signal.receivers:  # the common case, on every attempt
+            return
         try:
             signals.send(signal, self.app, **kwargs)
         except BaseException as exc:  # logged by send(); never ends the worker
@@ -329,6 +331,8 @@ class TaskRunner:
                 ) from None
 
     def _discard_if_timed_out(self, task: ClaimedTask) -> bool:
+        if not self._timed_out:  # the common case, on every attempt
+            return False
         recorded = self._timed_out.pop((task.id, task.attempts), None)
         if recorded is None:
             return False
