@@ -99,7 +99,7 @@ def _main(args: argparse.Namespace, uri: str) -> int:
     # The worker's own batch runner and attempt runner, built alike, so the
     # batch and attempt modes run them without the claim around them.
     runner = TaskRunner(app, worker.parts, worker.id, worker.clock)
-    batches = BatchRunner(runner, worker.leases, worker.parts, 1, deadline=lambda: None)
+    batches = BatchRunner(runner, worker.leases, worker.parts, 1)
     definition = queue.registry.get("bench_task")
     names = sorted(queue.registry.names())
     sizes = {name: args.batch for name in names}

@@ -6,6 +6,7 @@ claim, NOTIFY or the change probe, and its errors)."""
 from __future__ import annotations
 
 import contextlib
+import threading
 import typing as t
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -40,6 +41,48 @@ class Watcher(t.Protocol):
     @property
     def reliable(self) -> bool:
         """Whether a committed task wakes the worker now (if not, it polls)."""
+
+
+class WatcherThread:
+    """A :class:`Watcher` whose work (:meth:`_run`) runs on a daemon thread of
+    its own until :meth:`stop`.
+
+    :param backend: the backend whose database it watches.
+    :param on_change: called in that thread when tasks may be claimable; must
+        be quick.
+    :param name: names the thread and the log lines (e.g. the worker id).
+    """
+
+    #: The thread is named ``plainqueue-<kind>-<name>``.
+    kind: t.ClassVar[str]
+
+    def __init__(
+        self, backend: Backend, on_change: ChangeCallback, *, name: str
+    ) -> None:
+        self.backend = backend
+        self.on_change = on_change
+        self.name = name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread = threading.Thread(
+            target=self._run, name=f"plainqueue-{self.kind}-{self.name}", daemon=True
+        )
+        self._thread.start()
+
+    def _join(self, timeout: float | None) -> threading.Thread | None:
+        """Ask the thread to stop and wait up to ``timeout`` seconds for it
+        (unless called from it); return the thread, if it was started."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        return thread
+
+    def _run(self) -> None:
+        raise NotImplementedError
 
 
 class Backend:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 import time
 import typing as t
-from collections.abc import Callable
 from collections.abc import Sequence
 
 from .leases import Held
@@ -32,11 +31,10 @@ class BatchRunner:
     """Runs the batches of one worker's claim loops.
 
     :param runner: runs one attempt.
-    :param leases: the worker's lease keeper.
+    :param leases: the worker's lease keeper (which knows its stop deadline).
     :param parts: the app's queue storage and task definitions (for the
         pool's size).
     :param concurrency: the worker's claim loops (for the pool's size).
-    :param deadline: the worker's stop deadline (``time.monotonic()``), if any.
     """
 
     def __init__(
@@ -45,14 +43,11 @@ class BatchRunner:
         leases: Leases,
         parts: AppParts,
         concurrency: int,
-        deadline: Callable[[], float | None],
     ) -> None:
         self._runner = runner
         self.leases = leases
-        self.store = parts.store
-        self.registry = parts.registry
+        self.parts = parts
         self.concurrency = concurrency
-        self.deadline = deadline
         self._pool: TaskPool | None = None
         self._lock = threading.Lock()
 
@@ -91,7 +86,7 @@ class BatchRunner:
 
     def _extendable(self, definition: TaskDefinition[t.Any, t.Any]) -> bool:
         return not (
-            definition.options.atomic and self.store.backend.write_locks_database
+            definition.options.atomic and self.parts.store.backend.write_locks_database
         )
 
     def _on_pool(
@@ -115,7 +110,7 @@ class BatchRunner:
                     collect(outcomes, tasks[i], batch.result(i))
                 return
             now = time.monotonic()
-            stop_at = self.deadline()
+            stop_at = self.leases.deadline()
             timed_out = timeout_at is not None and now >= timeout_at
             if not timed_out and (stop_at is None or now < stop_at):
                 continue
@@ -139,7 +134,9 @@ class BatchRunner:
         # never be queued on one that was just shut down.
         with self._lock:
             if self._pool is None:
-                biggest = max((d.options.batch_size for d in self.registry), default=1)
+                biggest = max(
+                    (d.options.batch_size for d in self.parts.registry), default=1
+                )
                 self._pool = TaskPool(
                     min(256, biggest * self.concurrency), "plainqueue-task"
                 )

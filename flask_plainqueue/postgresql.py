@@ -31,6 +31,7 @@ from sqlalchemy.sql.elements import Grouping
 
 from .backend import Backend
 from .backend import ChangeCallback
+from .backend import WatcherThread
 from .clock import as_utc
 from .clock import Clock
 from .clock import utcnow
@@ -247,7 +248,7 @@ RECONNECT_MAX = 10.0
 HEALTH_CHECK_INTERVAL = 30.0
 
 
-class Listener:
+class Listener(WatcherThread):
     """LISTEN on the backend's channel in a daemon thread and call
     ``on_notify`` for every notification.
 
@@ -260,18 +261,17 @@ class Listener:
     :param name: names the thread and the log lines (e.g. the worker id).
     """
 
+    kind = "listen"
+    backend: PostgreSQLBackend
+
     def __init__(
         self, backend: PostgreSQLBackend, on_notify: ChangeCallback, *, name: str
     ) -> None:
-        self.backend = backend
-        self.on_notify = on_notify
-        self.name = name
-        self._stop = threading.Event()
+        super().__init__(backend, on_notify, name=name)
         self._listening = threading.Event()
         # A self-pipe cuts the wait in select() short when stop() is called.
         self._wake_r, self._wake_w = os.pipe()
         self._pipe_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
         self._conn: t.Any = None
         #: How many times LISTEN was established (1 + reconnections).
         self.connects = 0
@@ -289,13 +289,6 @@ class Listener:
         """Block until LISTEN is in place (or ``timeout``); return whether it is."""
         return self._listening.wait(timeout)
 
-    def start(self) -> None:
-        """Start the listener thread."""
-        self._thread = threading.Thread(
-            target=self._run, name=f"plainqueue-listen-{self.name}", daemon=True
-        )
-        self._thread.start()
-
     def stop(self, timeout: float | None = 5.0) -> None:
         """Stop listening, close the connection and wait up to ``timeout`` seconds
         for the thread to end."""
@@ -303,9 +296,7 @@ class Listener:
         with self._pipe_lock:
             if self._wake_w >= 0:
                 os.write(self._wake_w, b"x")
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+        thread = self._join(timeout)
         if thread is None or not thread.is_alive():
             self._close_pipe()
 
@@ -453,7 +444,7 @@ class Listener:
 
     def _call(self, payload: str | None) -> None:
         try:
-            self.on_notify(payload)
+            self.on_change(payload)
         except Exception:
             logger.exception("Worker %s: the NOTIFY callback raised", self.name)
 

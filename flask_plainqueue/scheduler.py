@@ -47,9 +47,8 @@ class Scheduler:
         owner: str,
         clock: Clock,
     ) -> None:
+        self.parts = parts
         self.store = parts.store
-        self.registry = parts.registry
-        self.config = parts.config
         self.owner = owner
         self.clock = clock
         self._stop = threading.Event()
@@ -88,7 +87,7 @@ class Scheduler:
 
     def periodic(self) -> list[TaskDefinition[t.Any, t.Any]]:
         """The registered periodic task definitions."""
-        return [d for d in self.registry if d.schedule is not None]
+        return [d for d in self.parts.registry if d.schedule is not None]
 
     def tick(self, now: datetime.datetime | None = None) -> float:
         """Enqueue the periodic tasks whose tick has come; return the seconds
@@ -133,7 +132,7 @@ class Scheduler:
         if last is not None and tick <= last:
             return True
         late = (now - tick).total_seconds()
-        tolerance = max(2 * self.config.poll_interval, 5.0)
+        tolerance = max(2 * self.parts.config.poll_interval, 5.0)
         run = definition.catch_up or late <= tolerance
         row = None
         if run:
@@ -201,7 +200,7 @@ class Scheduler:
 
     def prune(self) -> int:
         """Delete dead tasks older than ``PLAINQUEUE_KEEP_FAILED``."""
-        keep = self.config.keep_failed
+        keep = self.parts.config.keep_failed
         if keep is None:
             return 0
         before = self.clock() - datetime.timedelta(seconds=keep)
@@ -213,7 +212,7 @@ class Scheduler:
     def report_unknown_names(self) -> list[str]:
         """Log (once per name) due tasks that no registered definition claims;
         return their names."""
-        names = self.store.unknown_names(self.registry.names(), self.clock())
+        names = self.store.unknown_names(self.parts.registry.names(), self.clock())
         for name in names:
             if name not in self._reported_unknown:
                 self._reported_unknown.add(name)

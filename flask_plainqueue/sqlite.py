@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from .backend import Backend
 from .backend import ChangeCallback
+from .backend import WatcherThread
 from .statements import ClaimRequest
 from .statements import Outcomes
 
@@ -349,36 +350,20 @@ class SQLiteBackend(Backend):
         )
 
 
-class ChangeProbe:
+class ChangeProbe(WatcherThread):
     """Wakes a worker when another connection commits to the SQLite file: a
     thread asks ``PRAGMA data_version`` every :data:`PROBE_INTERVAL` seconds, on
     a connection of its own outside the pool (microseconds, no table read)."""
 
-    def __init__(
-        self, backend: SQLiteBackend, on_change: ChangeCallback, *, name: str
-    ) -> None:
-        self._backend = backend
-        self._on_change = on_change
-        self._name = name
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._running = False
+    kind = "probe"
+    _running = False
 
     @property
     def reliable(self) -> bool:
         return self._running
 
-    def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._run, name=f"plainqueue-probe-{self._name}", daemon=True
-        )
-        self._thread.start()
-
     def stop(self) -> None:
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(5.0)
+        self._join(5.0)
 
     def _run(self) -> None:
         conn: t.Any = None
@@ -387,7 +372,7 @@ class ChangeProbe:
             while not self._stop.is_set():
                 try:
                     if conn is None:
-                        raw = self._backend.engine.raw_connection()
+                        raw = self.backend.engine.raw_connection()
                         raw.detach()
                         conn = raw
                     cursor = conn.cursor()
@@ -400,7 +385,7 @@ class ChangeProbe:
                 except Exception:
                     logger.exception(
                         "Worker %s: PRAGMA data_version failed; polling instead",
-                        self._name,
+                        self.name,
                     )
                     self._running = False
                     _close(conn)
@@ -410,9 +395,9 @@ class ChangeProbe:
                     continue
                 if version is not None and current != version:
                     try:
-                        self._on_change("")
+                        self.on_change("")
                     except Exception:
-                        logger.exception("Worker %s: waking failed", self._name)
+                        logger.exception("Worker %s: waking failed", self.name)
                 version = current
                 self._stop.wait(PROBE_INTERVAL)
         finally:

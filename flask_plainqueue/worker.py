@@ -113,13 +113,7 @@ class Worker:
             self.clock,
             lambda: self._stop_deadline,
         )
-        self._batches = BatchRunner(
-            self._runner,
-            self.leases,
-            parts,
-            self.concurrency,
-            lambda: self._stop_deadline,
-        )
+        self._batches = BatchRunner(self._runner, self.leases, parts, self.concurrency)
         #: Periodic ticks and housekeeping (its thread runs with :meth:`run`).
         self.scheduler = Scheduler(parts, self.id, self.clock)
         self._claims_failing_since: float | None = None
