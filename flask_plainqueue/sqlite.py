@@ -57,6 +57,11 @@ def _limits_json(sizes: tuple[tuple[str, int], ...]) -> str:
     return json.dumps(dict(sizes))
 
 
+@functools.lru_cache(maxsize=64)
+def _served(names: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(names)
+
+
 def names_json(names: Sequence[str]) -> str:
     """Task names as the JSON array the head statement reads with ``json_each``."""
     return _names_json(tuple(names))
@@ -242,20 +247,40 @@ class SQLiteBackend(Backend):
                     )
 
             queues = None if request.queues is None else len(request.queues)
-            single = len(request.names) == 1
+            name = request.names[0] if len(request.names) == 1 else None
+            if name is None:
+                # Usually the first due task of all is one this worker serves:
+                # then it claims that name's batch with the one-name statement,
+                # cheaper than asking for the first task of every name. No
+                # other writer can come between the two (the write lock).
+                first = self._compiled("first_due", s.first_due)
+                row = cursor.execute(
+                    first.sql, first.args({"now": request.now})
+                ).fetchone()
+                if (
+                    row is not None
+                    and row[0] in _served(tuple(request.names))
+                    and (request.queues is None or row[1] in request.queues)
+                ):
+                    name = str(row[0])
             claim = self._compiled(
-                ("claim", queues, single),
-                lambda: self.claim_statement(queues, single=single),
+                ("claim", queues, name is not None),
+                lambda: self.claim_statement(queues, single=name is not None),
             )
             rows: list[tuple[t.Any, ...]] = cursor.execute(
-                claim.sql, claim.args(self.claim_values(request))
+                claim.sql, claim.args(self.claim_values(request, name))
             ).fetchall()
             return rows
 
-    def claim_values(self, request: ClaimRequest) -> dict[str, t.Any]:
-        """The parameters of :meth:`claim_statement` for ``request``."""
-        if len(request.names) == 1:
+    def claim_values(
+        self, request: ClaimRequest, name: str | None = None
+    ) -> dict[str, t.Any]:
+        """The parameters of :meth:`claim_statement` for ``request``: for
+        the one-name statement when ``name`` is given (or the request has only
+        one), else for the statement that works out the name itself."""
+        if name is None and len(request.names) == 1:
             name = request.names[0]
+        if name is not None:
             return {
                 "now": request.now,
                 "owner": request.owner,

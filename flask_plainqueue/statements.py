@@ -264,6 +264,12 @@ class Statements:
             .limit(1)
         )
 
+    def first_due(self) -> sa.Select[t.Any]:
+        """The name and queue of the first due task of all, in claim order:
+        one seek in the due index (``ix_<table>_due``)."""
+        c = self.table.c
+        return sa.select(c.name, c.queue).where(self.due).order_by(*self.order).limit(1)
+
     def first_overall(
         self,
         served: Callable[[sa.ColumnElement[str]], sa.ColumnElement[bool]],
@@ -275,14 +281,7 @@ class Statements:
         tasks of names or queues a worker does not serve come first, the
         backend asks :meth:`first_of` for each name it knows instead, so
         neither costs more as those tasks pile up."""
-        c = self.table.c
-        overall = (
-            sa.select(c.name, c.queue)
-            .where(self.due)
-            .order_by(*self.order)
-            .limit(1)
-            .subquery("overall")
-        )
+        overall = self.first_due().subquery("overall")
         queue_ok = (
             []
             if queues is None
