@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import typing as t
 import urllib.error
@@ -300,3 +301,28 @@ def proc_app_fixture(
         yield proc_app
     finally:
         proc_app.close()
+
+
+def run_threads(
+    target: Callable[[int], None], count: int, timeout: float = 120.0
+) -> None:
+    """Run ``target(n)`` for ``n`` in ``range(count)`` on as many threads,
+    released together; raise the first exception any of them raised."""
+    barrier = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            barrier.wait()
+            target(n)
+        except BaseException as exc:  # pragma: no cover - raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    assert not any(thread.is_alive() for thread in threads), "a thread did not end"
+    if errors:
+        raise errors[0]

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from conftest import create_test_app
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
+from helpers import run_threads
 
 from flask_plainqueue import InvalidArgument
 from flask_plainqueue import PlainQueue
@@ -192,29 +193,18 @@ def test_concurrent_claims_never_take_one_row_twice(pg_env: PgEnv) -> None:
     ids = set(queue.perform_many(task, list(range(1000))))
     store = queue.store(app)
     results: dict[int, list[int]] = {n: [] for n in range(8)}
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(8)
 
     def claimer(n: int) -> None:
-        try:
-            barrier.wait()
-            while True:
-                tasks = store.claim(
-                    _request(f"w{n}", {"t": 7}, lease=datetime.timedelta(minutes=5))
-                )
-                if not tasks:
-                    return
-                assert len(tasks) <= 7
-                results[n].extend(x.id for x in tasks)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        while True:
+            tasks = store.claim(
+                _request(f"w{n}", {"t": 7}, lease=datetime.timedelta(minutes=5))
+            )
+            if not tasks:
+                return
+            assert len(tasks) <= 7
+            results[n].extend(x.id for x in tasks)
 
-    threads = [threading.Thread(target=claimer, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(LONG)
-    assert not errors
+    run_threads(claimer, 8, LONG)
     everything = [i for got in results.values() for i in got]
     assert len(everything) == len(set(everything)) == 1000
     assert set(everything) == ids
