@@ -329,22 +329,15 @@ class SQLiteBackend(Backend):
         return s.claim_where(s.table.c.id.in_(picked.scalar_subquery()))
 
     def head(self, queues: int | None) -> sa.Select[t.Any]:
-        """Which task name is next: the first due task of all when this worker
-        serves it, else the first of each name it knows (one index seek each,
-        in a correlated subquery). The names are sent as one JSON array
-        (``json_each``), so the statement's text is the same whatever they are."""
+        """Which task name is next: the first due task of each name this
+        worker knows (one index seek each, in a correlated subquery). The names
+        are sent as one JSON array (``json_each``), so the statement's text is
+        the same whatever they are. :meth:`claim` has already found that the
+        first due task of all is not one it serves, so that is not asked again."""
         s = self.statements
-
-        def names() -> t.Any:
-            return sa.func.json_each(sa.bindparam("names", type_=sa.Text)).table_valued(
-                "value", name="names"
-            )
-
-        listed = names()
-        first_overall = s.first_overall(
-            lambda name: name.in_(sa.select(listed.c.value)), queues
+        each = sa.func.json_each(sa.bindparam("names", type_=sa.Text)).table_valued(
+            "value", name="names"
         )
-        each = names()
         first = s.first_of(each.c.value, queues).with_only_columns(s.table.c.id)
         head = s.table.alias("head")
         first_known = (
@@ -355,8 +348,7 @@ class SQLiteBackend(Backend):
             .limit(1)
             .scalar_subquery()
         )
-        # COALESCE evaluates the second only when the first is NULL.
-        return sa.select(sa.func.coalesce(first_overall, first_known).label("name"))
+        return sa.select(first_known.label("name"))
 
     @contextlib.contextmanager
     def pinned(self) -> Iterator[None]:
