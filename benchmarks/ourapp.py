@@ -12,6 +12,7 @@ Configured by environment variables, so every measuring process builds the same 
 ``BENCH_NAMES``       how many task names are registered (``bench_task`` and
                       ``bench_task_00``, ... running the same body)
 ``BENCH_SYNC``        ``PLAINQUEUE_SQLITE_SYNCHRONOUS``
+``BENCH_CONCURRENCY`` ``PLAINQUEUE_CONCURRENCY`` (default 1: the peers run one thread)
 ``BENCH_DIR``         where the start barrier and results live (unset: no barrier)
 """
 
@@ -112,6 +113,8 @@ def create_app() -> Flask:
         SQLALCHEMY_DATABASE_URI=os.environ["BENCH_DB_URI"],
         PLAINQUEUE_SQLITE_SYNCHRONOUS=os.environ.get("BENCH_SYNC", "NORMAL"),
         PLAINQUEUE_POLL_INTERVAL=float(os.environ.get("BENCH_POLL", "1.0")),
+        # One claim loop, as the peers run one thread.
+        PLAINQUEUE_CONCURRENCY=int(os.environ.get("BENCH_CONCURRENCY", "1")),
     )
     db.init_app(app)
     queue.init_app(app)

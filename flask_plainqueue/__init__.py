@@ -15,8 +15,11 @@ from .exceptions import TransferError
 from .exceptions import UniqueTaskWaiting
 from .exceptions import UnknownTask
 from .extension import PlainQueue
+from .info import Health
 from .info import QueueStatus
+from .info import Reason
 from .info import TaskInfo
+from .info import WorkerInfo
 from .schema import TaskState
 from .tasks import JSONValue
 from .tasks import TaskDefinition
@@ -26,11 +29,13 @@ from .worker import Worker
 __all__ = [
     "ConfigurationError",
     "DuplicateTaskName",
+    "Health",
     "InvalidArgument",
     "JSONValue",
     "PlainQueue",
     "PlainQueueError",
     "QueueStatus",
+    "Reason",
     "Retry",
     "TaskDataError",
     "TaskDefinition",
@@ -43,4 +48,5 @@ __all__ = [
     "UniqueTaskWaiting",
     "UnknownTask",
     "Worker",
+    "WorkerInfo",
 ]

@@ -17,6 +17,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from .cli_ops import add_ops_commands
 from .cli_params import errors_as_click
 from .cli_tasks import add_task_commands
 
@@ -114,6 +115,7 @@ def make_cli(queue: PlainQueue) -> AppGroup:
             os._exit(0)
 
     add_task_commands(group, queue)
+    add_ops_commands(group, queue)
     return group
 
 

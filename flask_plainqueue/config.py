@@ -21,8 +21,10 @@ DEFAULTS: Mapping[str, t.Any] = {
     "PLAINQUEUE_POLL_INTERVAL": 1.0,
     "PLAINQUEUE_LEASE_SECONDS": 60.0,
     "PLAINQUEUE_TABLE": "plainqueue_tasks",
-    "PLAINQUEUE_CONCURRENCY": 1,
+    "PLAINQUEUE_CONCURRENCY": 5,
     "PLAINQUEUE_SHUTDOWN_GRACE": 30.0,
+    "PLAINQUEUE_HEARTBEAT": 10.0,
+    "PLAINQUEUE_WORKER_TIMEOUT": 60.0,
     "PLAINQUEUE_SQLITE_SYNCHRONOUS": "NORMAL",
     "PLAINQUEUE_SQLITE_BUSY_TIMEOUT": 30.0,
     "PLAINQUEUE_KEEP_FAILED": 30 * 24 * 3600.0,
@@ -39,6 +41,8 @@ RANGES: Mapping[str, tuple[float, float]] = {
     "PLAINQUEUE_LEASE_SECONDS": (0.0, 7 * 86400.0),
     "PLAINQUEUE_CONCURRENCY": (1, 256),
     "PLAINQUEUE_SHUTDOWN_GRACE": (0.0, 86400.0),
+    "PLAINQUEUE_HEARTBEAT": (0.0, 3600.0),
+    "PLAINQUEUE_WORKER_TIMEOUT": (0.0, 86400.0),
     "PLAINQUEUE_SQLITE_BUSY_TIMEOUT": (0.0, 86400.0),
     "PLAINQUEUE_KEEP_FAILED": (0.0, validate.MAX_SECONDS),
 }
@@ -60,8 +64,12 @@ class QueueConfig:
     poll_interval: float = 1.0
     lease_seconds: float = 60.0
     table: str = "plainqueue_tasks"
-    concurrency: int = 1
+    concurrency: int = 5
     shutdown_grace: float = 30.0
+    #: Seconds between a worker's heartbeats.
+    heartbeat: float = 10.0
+    #: A worker whose last heartbeat is older than this is lost (seconds).
+    worker_timeout: float = 60.0
     sqlite_synchronous: str = "NORMAL"
     sqlite_busy_timeout: float = 30.0
     #: Seconds dead tasks are kept before the worker prunes them; ``None`` keeps.
@@ -119,6 +127,14 @@ class QueueConfig:
                 f" users allowed to see the dashboard, got {dashboard_auth!r}."
             )
         keep_failed = c["PLAINQUEUE_KEEP_FAILED"]
+        heartbeat = _seconds(c, "PLAINQUEUE_HEARTBEAT", positive=True)
+        worker_timeout = _seconds(c, "PLAINQUEUE_WORKER_TIMEOUT", positive=True)
+        if worker_timeout <= heartbeat:
+            raise ConfigurationError(
+                "PLAINQUEUE_WORKER_TIMEOUT must be longer than PLAINQUEUE_HEARTBEAT"
+                " (three heartbeats or more is safe), got"
+                f" {worker_timeout!r} and {heartbeat!r}."
+            )
         return cls(
             embedded_worker=_flag(c, "PLAINQUEUE_EMBEDDED_WORKER"),
             eager=_flag(c, "PLAINQUEUE_EAGER"),
@@ -132,6 +148,8 @@ class QueueConfig:
             table=table,
             concurrency=_count(c, "PLAINQUEUE_CONCURRENCY"),
             shutdown_grace=_seconds(c, "PLAINQUEUE_SHUTDOWN_GRACE"),
+            heartbeat=heartbeat,
+            worker_timeout=worker_timeout,
             sqlite_synchronous=sync.upper(),
             sqlite_busy_timeout=_seconds(c, "PLAINQUEUE_SQLITE_BUSY_TIMEOUT"),
             keep_failed=(

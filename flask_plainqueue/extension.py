@@ -27,6 +27,7 @@ from .enqueue import TaskId
 from .exceptions import ConfigurationError
 from .exceptions import InvalidArgument
 from .management import QueueManagement
+from .operations import QueueOperations
 from .runtime import AppRuntime
 from .schema import build_tables
 from .schema import Tables
@@ -49,7 +50,7 @@ _T = t.TypeVar("_T")
 _SESSION_KEY = "plainqueue_after_commit"
 
 
-class PlainQueue(TaskDecorators, QueueManagement):
+class PlainQueue(TaskDecorators, QueueManagement, QueueOperations):
     """A persistent task queue stored in the app's own database.
 
     .. code-block:: python

@@ -178,3 +178,138 @@ def displayable(value: object) -> str:
     if text.isascii():
         return text
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+#: A worker's states as :class:`WorkerInfo` shows them.
+WORKER_STATES = ("running", "stopping", "lost")
+
+
+def _iso(value: datetime.datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerInfo:
+    """A worker registered in the workers table, as
+    :meth:`~flask_plainqueue.PlainQueue.workers` returns it.
+
+    .. versionadded:: 0.2
+    """
+
+    #: Its id (``host:pid:random``), the ``lease_owner`` of what it runs.
+    id: str
+    host: str
+    pid: int
+    #: ``embedded`` (in a web process) or ``process`` (``flask queue work``).
+    kind: str
+    #: The queues it serves; ``None``: every queue.
+    queues: tuple[str, ...] | None
+    #: The task names it can run.
+    tasks: tuple[str, ...]
+    concurrency: int
+    #: The flask-plainqueue version it runs.
+    version: str
+    #: ``running``, ``stopping``, or ``lost`` (no heartbeat for longer than
+    #: ``PLAINQUEUE_WORKER_TIMEOUT``).
+    state: str
+    started: datetime.datetime
+    heartbeat: datetime.datetime
+    #: Seconds since its last heartbeat.
+    heartbeat_age: float
+    #: The ids of the tasks it holds under an unexpired lease.
+    running: tuple[int, ...]
+
+    @property
+    def alive(self) -> bool:
+        """Whether it is running (not stopping, not lost)."""
+        return self.state == "running"
+
+    def serves(self, queue: str) -> bool:
+        """Whether it claims tasks of ``queue``."""
+        return self.queues is None or queue in self.queues
+
+    def as_dict(self) -> dict[str, t.Any]:
+        """A JSON-friendly dict, as ``flask queue workers --json`` prints it."""
+        result = dataclasses.asdict(self)
+        result["queues"] = None if self.queues is None else list(self.queues)
+        result["tasks"] = list(self.tasks)
+        result["running"] = list(self.running)
+        result["started"] = _iso(self.started)
+        result["heartbeat"] = _iso(self.heartbeat)
+        return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Health:
+    """Whether live workers serve the queues and due tasks get run, as
+    :meth:`~flask_plainqueue.PlainQueue.health` returns it.
+
+    .. versionadded:: 0.2
+    """
+
+    #: Every condition holds.
+    ok: bool
+    #: One line per failed condition (empty when ``ok``).
+    problems: tuple[str, ...]
+    #: Live workers (running, not stopping or lost).
+    workers: int
+    #: Per queue asked about: the live workers serving it.
+    queues: dict[str, int]
+    #: Seconds the longest-waiting due task (not paused) has been due.
+    oldest_due_age: float | None
+    #: The id of that task.
+    oldest_due_id: int | None
+
+    def as_dict(self) -> dict[str, t.Any]:
+        """A JSON-friendly dict."""
+        result = dataclasses.asdict(self)
+        result["problems"] = list(self.problems)
+        return result
+
+
+#: The reason codes :class:`Reason` gives, in the order they are checked.
+REASON_CODES = (
+    "dead",
+    "running",
+    "leased-by-lost-worker",
+    "backing-off",
+    "scheduled",
+    "queue-paused",
+    "task-paused",
+    "no-worker",
+    "unknown-task",
+    "waiting-behind",
+    "pending",
+    "not-found",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reason:
+    """Why a task is (not) running, as :meth:`~flask_plainqueue.PlainQueue.why`
+    returns it: one code of :data:`REASON_CODES` and a sentence.
+
+    .. versionadded:: 0.2
+    """
+
+    task_id: int
+    code: str
+    message: str
+    #: The facts behind it (e.g. ``owner``, ``lease_ends``, ``ahead``).
+    details: t.Mapping[str, t.Any] = dataclasses.field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+    def as_dict(self) -> dict[str, t.Any]:
+        """A JSON-friendly dict."""
+        details = {
+            k: v.isoformat() if isinstance(v, datetime.datetime) else v
+            for k, v in self.details.items()
+        }
+        return {
+            "id": self.task_id,
+            "code": self.code,
+            "message": self.message,
+            "details": details,
+        }

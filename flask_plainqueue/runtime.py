@@ -63,6 +63,14 @@ class AppRuntime:
             self._workers.append(worker)
         return worker
 
+    def pauses_changed(self) -> None:
+        """Make this process's workers read the pauses now."""
+        with self._lock:
+            workers = list(self._workers)
+        for worker in workers:
+            worker.presence.refresh_pauses()
+            worker.wake()
+
     def forget(self, worker: Worker) -> None:
         """Stop waking ``worker`` (it has stopped)."""
         with self._lock:
@@ -106,7 +114,7 @@ class AppRuntime:
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return self._thread
-            worker = self.make_worker()
+            worker = self.make_worker(kind="embedded")
             worker.check_pool()
             self._workers.append(worker)
             thread = self._thread = WorkerThread(worker)

@@ -14,6 +14,7 @@ from .clock import Clock
 from .statements import new_row
 
 if t.TYPE_CHECKING:
+    from .presence import Presence
     from .schedules import Schedule
     from .store import AppParts
     from .tasks import TaskDefinition
@@ -39,6 +40,7 @@ class Scheduler:
         have a schedule) and settings.
     :param owner: the worker's id, for log lines.
     :param clock: the worker's clock.
+    :param presence: the worker's heartbeat and pauses, kept on this thread.
     """
 
     def __init__(
@@ -46,12 +48,17 @@ class Scheduler:
         parts: AppParts,
         owner: str,
         clock: Clock,
+        presence: Presence | None = None,
     ) -> None:
         self.parts = parts
         self.store = parts.store
         self.owner = owner
         self.clock = clock
-        self._stop = threading.Event()
+        self.presence = presence
+        self._stopped = False
+        self._wake = threading.Event()
+        #: Only the heartbeat, no ticks or housekeeping (a ``--burst`` worker).
+        self.presence_only = False
         self._thread: threading.Thread | None = None
         #: The last tick enqueued (or skipped) per periodic task, by this worker.
         self._ticks: dict[str, datetime.datetime] = {}
@@ -60,8 +67,10 @@ class Scheduler:
         self._next_prune = 0.0
         self._next_unknown = time.monotonic() + FIRST_HOUSEKEEPING
 
-    def start(self) -> None:
-        """Start the scheduler thread."""
+    def start(self, *, presence_only: bool = False) -> None:
+        """Start the scheduler thread; with ``presence_only`` it only keeps the
+        worker's heartbeat and pauses."""
+        self.presence_only = presence_only
         self._thread = threading.Thread(
             target=self._run, name=f"plainqueue-scheduler-{self.owner}", daemon=True
         )
@@ -69,19 +78,37 @@ class Scheduler:
 
     def stop(self, timeout: float | None = 5.0) -> None:
         """Stop the scheduler thread and wait up to ``timeout`` seconds for it."""
-        self._stop.set()
+        self._stopped = True
+        self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
+    def nudge(self) -> None:
+        """Run the next step now (the worker started stopping)."""
+        if self.presence is not None:
+            self.presence.due_now()
+        self._wake.set()
+
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stopped:
             try:
-                wait = min(self.tick(), self.housekeeping())
+                wait = self.step()
             except BaseException:  # a bug here must not end the ticks
                 logger.exception("Worker %s: the scheduler failed", self.owner)
                 wait = RETRY_MAX
-            self._stop.wait(max(wait, 0.0))
+            self._wake.wait(max(wait, 0.0))
+            self._wake.clear()
+
+    def step(self) -> float:
+        """Heartbeat, tick and housekeep as each is due; return the seconds
+        until the next is."""
+        wait = RETRY_MAX
+        if self.presence is not None:
+            wait = self.presence.step()
+        if not self.presence_only:
+            wait = min(wait, self.tick(), self.housekeeping())
+        return wait
 
     # -- periodic ticks ---------------------------------------------------------
 
@@ -130,6 +157,13 @@ class Scheduler:
             return True
         last = self._ticks.get(name)
         if last is not None and tick <= last:
+            return True
+        presence = self.presence
+        if presence is not None and presence.paused.holds(
+            name, definition.options.queue
+        ):
+            # Not recorded: on resume the latest tick runs once if catch_up
+            # (the usual rule for ticks missed while no worker ran).
             return True
         late = (now - tick).total_seconds()
         tolerance = max(2 * self.parts.config.poll_interval, 5.0)

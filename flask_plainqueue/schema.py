@@ -1,5 +1,5 @@
 """The queue's tables on the app's ``db.metadata``: the mapped task model, the
-periodic ticks, and the task states.
+periodic ticks, the running workers, the pauses, and the task states.
 
 Columns use plain SQLAlchemy types, so ``db.create_all()`` and Alembic's
 autogenerate (Flask-Migrate) render them without importing this package:
@@ -85,6 +85,10 @@ class Tables:
     model: type[TaskModel]
     #: The last tick each periodic task was enqueued for.
     periodic: sa.Table
+    #: One row per running worker, kept fresh by its heartbeat.
+    workers: sa.Table
+    #: The paused queues and task names.
+    pauses: sa.Table
 
     @property
     def tasks(self) -> sa.Table:
@@ -183,4 +187,30 @@ def build_tables(db: SQLAlchemy, table: str) -> Tables:
         sa.Column("name", sa.String(255), primary_key=True),
         sa.Column("last_tick", when, nullable=False),
     )
-    return Tables(model=model, periodic=periodic)
+    workers = sa.Table(
+        f"{table}_workers",
+        db.metadata,
+        # The worker's id, which its claims record as ``lease_owner``.
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("host", sa.String(255), nullable=False),
+        sa.Column("pid", sa.Integer, nullable=False),
+        sa.Column("kind", sa.String(16), nullable=False),
+        # JSON lists: the queues it serves (NULL: every queue) and the task
+        # names it can run, so ``why`` can tell a task nobody knows.
+        sa.Column("queues", sa.Text, nullable=True),
+        sa.Column("tasks", sa.Text, nullable=False),
+        sa.Column("concurrency", sa.Integer, nullable=False),
+        sa.Column("version", sa.String(32), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("started", when, nullable=False),
+        sa.Column("heartbeat", when, nullable=False),
+    )
+    pauses = sa.Table(
+        f"{table}_paused",
+        db.metadata,
+        # ``queue`` or ``task``: what ``name`` names.
+        sa.Column("kind", sa.String(8), primary_key=True),
+        sa.Column("name", sa.String(255), primary_key=True),
+        sa.Column("paused_at", when, nullable=False),
+    )
+    return Tables(model=model, periodic=periodic, workers=workers, pauses=pauses)

@@ -22,6 +22,8 @@ from .clock import as_utc
 from .clock import Clock
 from .exceptions import ConfigurationError
 from .leases import Leases
+from .presence import Presence
+from .roster import Paused
 from .runner import collect
 from .runner import TaskRunner
 from .scheduler import Scheduler
@@ -66,6 +68,7 @@ class Worker:
     :param queues: only claim tasks of these queues; ``None`` means all.
     :param clock: returns the current UTC time; default the store's clock
         (the database's on PostgreSQL). Tests inject their own.
+    :param kind: ``process`` or ``embedded``, as the workers table shows it.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class Worker:
         queues: Sequence[str] | None = None,
         clock: Clock | None = None,
         worker_id: str | None = None,
+        kind: str = "process",
     ) -> None:
         self.app = app
         #: The app's database, queue storage, task definitions and settings.
@@ -84,14 +88,15 @@ class Worker:
         self.db = parts.db
         self.store = store = parts.store
         self.registry = parts.registry
-        # What a claim asks for, kept until a task is registered:
-        # (registry version, definitions by name, names, batch sizes).
+        # What a claim asks for, kept until a task is registered or the
+        # pauses change: (registry version and pauses, definitions by name,
+        # names, batch sizes).
         self._claimable: tuple[
-            int,
+            tuple[int, Paused | None],
             dict[str, TaskDefinition[t.Any, t.Any]],
             tuple[str, ...],
             dict[str, int],
-        ] = (-1, {}, (), {})
+        ] = ((-1, None), {}, (), {})
         self.config = config = parts.config
         self.concurrency = concurrency or config.concurrency
         self.queues = list(queues) if queues else None
@@ -114,8 +119,20 @@ class Worker:
             lambda: self._stop_deadline,
         )
         self._batches = BatchRunner(self._runner, self.leases, parts, self.concurrency)
-        #: Periodic ticks and housekeeping (its thread runs with :meth:`run`).
-        self.scheduler = Scheduler(parts, self.id, self.clock)
+        #: Its row in the workers table, heartbeats and the pauses it obeys.
+        self.presence = Presence(
+            parts,
+            self.id,
+            kind=kind,
+            queues=self.queues,
+            concurrency=self.concurrency,
+            clock=store.clock,
+            stopping=self._stop.is_set,
+            on_freed=self.wake,
+        )
+        #: Heartbeats, periodic ticks and housekeeping (its thread runs with
+        #: :meth:`run`).
+        self.scheduler = Scheduler(parts, self.id, self.clock, self.presence)
         self._claims_failing_since: float | None = None
         self._claims_failure_logged = 0.0
         self._missing_table_since: float | None = None
@@ -157,6 +174,7 @@ class Worker:
         """Run batches until none is due; return how many attempts ran."""
         total = 0
         outcomes = Outcomes()
+        self.presence.refresh_pauses()
         try:
             with self.store.pinned():
                 while True:
@@ -224,12 +242,14 @@ class Worker:
             self.concurrency,
             ", ".join(self.registry.names()) or "(none)",
         )
+        self.presence.register()
         try:
             if not burst:
                 self._watcher = self.store.watcher(self.on_change, self.id)
                 if self._watcher is not None:
                     self._watcher.start()
-                self.scheduler.start()
+            # A --burst worker only keeps its heartbeat: no ticks, no pruning.
+            self.scheduler.start(presence_only=burst)
             # The loops run on daemon threads, so that one stuck in a task past the
             # grace period (its row handed back by the watchdog) cannot keep run()
             # from returning.
@@ -269,6 +289,8 @@ class Worker:
                 self._stop_deadline = deadline
             self._stop.set()
         self.wake()
+        # Its row says "stopping" at once, not at the next heartbeat.
+        self.scheduler.nudge()
 
     def wake(self) -> None:
         """Cut an idle wait short: a task was just enqueued in this process."""
@@ -283,6 +305,7 @@ class Worker:
         if watcher is not None:
             watcher.stop()
         self.scheduler.stop()
+        self.presence.unregister()
         self._batches.close()
         self._runner.close()
         self.leases.close()
@@ -430,15 +453,26 @@ class Worker:
         if self._stop.is_set() and now is None and self._stop_deadline is not None:
             return 0
         claim_time = now or self.clock()
-        if self._claimable[0] != self.registry.version:
-            definitions = {d.name: d for d in self.registry}
+        paused = self.presence.paused
+        if self._claimable[0] != (self.registry.version, paused):
+            definitions = {
+                d.name: d
+                for d in self.registry
+                if not paused.holds(d.name, d.options.queue)
+            }
             self._claimable = (
-                self.registry.version,
+                (self.registry.version, paused),
                 definitions,
                 tuple(sorted(definitions)),
                 {n: d.options.batch_size for n, d in definitions.items()},
             )
         _, definitions, names, batch_sizes = self._claimable
+        if not names and paused:
+            # Everything this worker knows is paused; finished work is still
+            # written.
+            if outcomes:
+                self.store.settle(self.id, outcomes, claim_time)
+            return 0
         tasks = self.store.claim(
             ClaimRequest(
                 owner=self.id,

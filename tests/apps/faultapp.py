@@ -7,7 +7,8 @@ real ``flask queue work`` (``tests/processes/test_faults.py``).
 ``FAULTAPP_DIR``
     a directory for marker files: ``ran-<name>`` is written by each ordinary
     task, ``exited-once`` by the task that ends its process on its first try.
-``PLAINQUEUE_LEASE_SECONDS``, ``PLAINQUEUE_SHUTDOWN_GRACE``
+``PLAINQUEUE_LEASE_SECONDS``, ``PLAINQUEUE_SHUTDOWN_GRACE``,
+``PLAINQUEUE_HEARTBEAT``, ``PLAINQUEUE_WORKER_TIMEOUT``
     copied into ``app.config``.
 """
 
@@ -102,6 +103,16 @@ def slow_batch() -> None:
     time.sleep(60)
 
 
+@queue.task(name="held_then_lost")
+def held_then_lost() -> None:
+    # The first attempt blocks until its process is killed; the next one ends.
+    marker = _marker("held")
+    if not marker.exists():
+        marker.write_text(str(os.getpid()))
+        time.sleep(600)
+    _marker("ran-held_then_lost").write_text(str(os.getpid()))
+
+
 @queue.task(name="ordinary")
 def ordinary(data: str) -> None:
     _marker(f"ran-{data}").write_text("1")
@@ -118,7 +129,12 @@ signals.task_started.connect(_receiver)
 def create_app() -> Flask:
     app = Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = os.environ["FAULTAPP_DATABASE_URI"]
-    for key in ("PLAINQUEUE_LEASE_SECONDS", "PLAINQUEUE_SHUTDOWN_GRACE"):
+    for key in (
+        "PLAINQUEUE_LEASE_SECONDS",
+        "PLAINQUEUE_SHUTDOWN_GRACE",
+        "PLAINQUEUE_HEARTBEAT",
+        "PLAINQUEUE_WORKER_TIMEOUT",
+    ):
         if key in os.environ:
             app.config[key] = float(os.environ[key])
     db.init_app(app)

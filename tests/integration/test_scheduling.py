@@ -97,7 +97,9 @@ def test_a_tick_fires_on_time_while_a_long_task_runs(
 ) -> None:
     """Ticks come from the worker's scheduler thread, so a task that keeps the
     worker's only claim loop busy does not hold them back."""
-    app, db, queue = create_test_app(database_uri, tmp_path / "i")
+    app, db, queue = create_test_app(
+        database_uri, tmp_path / "i", PLAINQUEUE_CONCURRENCY=1
+    )
     started = threading.Event()
     release = threading.Event()
 

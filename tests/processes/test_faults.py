@@ -196,6 +196,47 @@ def test_second_sigterm_hands_back_a_running_batch(
             assert info.failed_nr == 0
 
 
+def test_a_killed_workers_task_runs_again_before_its_lease_ends(
+    procs: Procs, faultapp: t.Any
+) -> None:
+    """Operations issue, item 1: kill -9 a worker holding a 60 s lease, with a
+    2 s heartbeat and a 6 s timeout; another worker finds it lost and runs its
+    task again long before the lease would have ended."""
+    queue, app = faultapp.queue, faultapp.app
+    faultapp.child_env.update(
+        PLAINQUEUE_LEASE_SECONDS="60",
+        PLAINQUEUE_HEARTBEAT="2",
+        PLAINQUEUE_WORKER_TIMEOUT="6",
+    )
+    workers = [_work(procs, faultapp) for _ in range(2)]
+    with app.app_context():
+        wait_for(lambda: len(queue.workers()) == 2, message=workers[0].output)
+        task_id = queue.perform("held_then_lost")
+    held = faultapp.marks / "held"
+    wait_for(held.exists, message=lambda: workers[0].output() + workers[1].output())
+    (victim,) = [w for w in workers if str(w.pid) == held.read_text()]
+    (survivor,) = [w for w in workers if w is not victim]
+    with app.app_context():
+        info = queue.get(task_id)
+        assert info is not None and info.state is TaskState.RUNNING
+        lease_end = info.run_at
+    victim.kill()
+    done = faultapp.marks / "ran-held_then_lost"
+    wait_for(done.exists, timeout=45, message=survivor.output)
+    assert done.read_text() == str(survivor.pid)
+    with app.app_context():
+        now = queue.store().clock()
+        assert now < lease_end, "it ran only when the lease ended"
+        ages = {w.pid: w.heartbeat_age for w in queue.workers()}
+    # This process reads with the default timeout (60 s): compare the ages.
+    assert ages[victim.pid] > 6 > ages[survivor.pid]
+    assert "are lost" in survivor.stderr()
+    survivor.signal(signal.SIGTERM)
+    assert survivor.wait() == 0, survivor.output()
+    with app.app_context():
+        assert [w.pid for w in queue.workers()] == [victim.pid]
+
+
 @pytest.mark.postgresql
 def test_worker_with_a_fast_clock_uses_the_database_clock(
     procs: Procs, faultapp: t.Any

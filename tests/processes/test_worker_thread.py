@@ -283,3 +283,46 @@ def test_flask_run_hands_back_a_running_task_at_exit(
     assert task["lease_owner"] is None
     assert task["status"] == "queued"
     assert proc_app.runs() == []
+
+
+def _block_data(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    release = tmp_path / "slow.release"
+    data = {
+        "key": "slow",
+        "started": str(tmp_path / "slow.started"),
+        "release": str(release),
+    }
+    return data, release
+
+
+@pytest.mark.parametrize("command", ["run", "work"])
+def test_a_long_task_does_not_block_others_at_the_defaults(
+    procs: Procs, proc_app: ProcApp, tmp_path: Path, command: str
+) -> None:
+    """Native-citizen issue, item 3: the default PLAINQUEUE_CONCURRENCY runs a
+    quick task while a long one runs, in the embedded worker (``flask run``)
+    and in ``flask queue work``."""
+    data, release = _block_data(tmp_path)
+    if command == "run":
+        proc = start_server(procs, proc_app).proc
+    else:
+        proc = procs.start(
+            flask_args("procapp", "queue", "work"), env=proc_app.env()
+        )
+    proc_app.perform("block", data)
+    wait_for(
+        lambda: Path(data["started"]).exists(),
+        message=lambda: f"the long task to start:\n{proc.output()}",
+    )
+    proc_app.perform("record", {"key": "quick"})
+    try:
+        wait_for(
+            lambda: [key for key, _ in proc_app.runs()] == ["quick"],
+            message=lambda: f"the quick task to run:\n{proc.output()}",
+        )
+    finally:
+        release.write_text("go")
+    wait_for(
+        lambda: sorted(key for key, _ in proc_app.runs()) == ["quick", "slow"],
+        message=lambda: f"the long task to finish:\n{proc.output()}",
+    )
