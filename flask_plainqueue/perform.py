@@ -90,7 +90,11 @@ class Enqueueing:
         and a bad one leaves the caller's pending work alone.
 
         :param task: a task definition (or its registered name).
+        :type task: TaskDefinition | str
         :param data: one JSON value (string keys only), passed to the function.
+            Type checkers check it against the function's parameter type (not
+            for a name); see :ref:`type-checking`.
+        :type data: JSONValue
         :param commit: commit the session (default) or join its transaction.
         :param delay: run no sooner than this many seconds from now.
         :param run_at: run no sooner than this timezone-aware datetime.
@@ -166,6 +170,10 @@ class Enqueueing:
         round trip; return their ids in order. Every item is checked before
         anything is written.
 
+        Type checkers check each item as ``perform`` checks ``data``.
+
+        :type task: TaskDefinition | str
+        :type items: Iterable[JSONValue]
         :raises TaskDataError: an item is not a JSON value (nothing is written).
         """
         if isinstance(items, (str, bytes, Mapping)):

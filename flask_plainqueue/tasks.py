@@ -268,7 +268,9 @@ class TaskDefinition(t.Generic[P, R]):
     ) -> int:
         """Store a task for this definition; see :meth:`PlainQueue.perform`.
 
-        Type checkers check ``data`` against the function's parameter.
+        ``D`` is the type of the function's parameter: type checkers check
+        ``data`` against it, and a function that takes no argument takes no
+        data (see :ref:`type-checking`).
         """
         queue: Enqueuer = self._queue
         return queue.perform(self, data, **options)

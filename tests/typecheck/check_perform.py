@@ -22,8 +22,8 @@ class Welcome(t.TypedDict):
     email: str
 
 
-class Optional(t.TypedDict, total=False):
-    note: str
+class Note(t.TypedDict, total=False):
+    text: str
 
 
 @queue.task
@@ -61,6 +61,10 @@ def anything(data: JSONValue) -> None: ...
 
 
 @queue.task
+def note(data: Note) -> None: ...
+
+
+@queue.task
 def takes_none(data: object) -> None: ...
 
 
@@ -75,6 +79,10 @@ def issue_cases() -> None:
 
 
 def other_errors() -> None:
+    # The examples of docs/tasks.rst's "Type checking".
+    queue.perform(welcome, {"emial": "a@example.com"})  # type: ignore[arg-type]
+    welcome.perform({"email": 3})  # type: ignore[typeddict-item]
+    queue.perform_many(welcome, [{"email": "a@example.com"}, {}])  # type: ignore[list-item]
     welcome.perform()  # type: ignore[call-arg]
     queue.perform(welcome)  # type: ignore[arg-type]
     queue.perform_many(welcome, [{"email": 1}])  # type: ignore[list-item]
@@ -108,6 +116,9 @@ def clean() -> None:
     queue.perform(notify, {"email": "a@example.com"})
     notify_many.perform([{"email": "a@example.com"}], delay=1)
     tick.perform()
+    tick.perform(None)
+    note.perform({})
+    queue.perform(note, {"text": "hi"})
     queue.perform(tick)
     queue.perform(tick, None)
     maybe.perform()
