@@ -1,7 +1,9 @@
 """What a type checker knows of a task's data: the types that let ``perform``
-be checked against the parameter of the task's function.
+be checked against the parameter of the task's function (docs/tasks.rst, "Type
+checking"), and ``perform``'s keyword arguments.
 
-Nothing here runs: ``perform`` still checks at run time that the data is JSON.
+They check nothing at run time: ``perform`` still checks there that the data
+is JSON.
 """
 
 from __future__ import annotations
