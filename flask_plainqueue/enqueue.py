@@ -22,7 +22,6 @@ from .exceptions import TaskDataError
 from .statements import new_row
 
 if t.TYPE_CHECKING:
-    from .tasks import JSONValue
     from .tasks import TaskDefinition
 
 #: A key of ``session.info``: set while the session's transaction is an atomic
@@ -88,7 +87,7 @@ def _data_error(name: str, reason: str) -> TaskDataError:
 
 def build_row(
     definition: TaskDefinition[t.Any, t.Any],
-    data: JSONValue,
+    data: object,
     delay: float | datetime.timedelta | None,
     run_at: datetime.datetime | None,
     priority: int | None,

@@ -19,6 +19,11 @@ from .exceptions import ConfigurationError
 from .exceptions import DuplicateTaskName
 from .exceptions import UnknownTask
 from .schedules import Schedule
+from .typed import D
+from .typed import JSONish
+from .typed import PerformArgs
+from .typed import TakesData
+from .typed import TakesNoData
 
 if t.TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -186,24 +191,13 @@ def _number(name: str, value: object, low: float, high: float) -> float:
     return float(value)
 
 
-class PerformArgs(t.TypedDict, total=False):
-    """The keyword arguments of :meth:`~flask_plainqueue.PlainQueue.perform`
-    (described there)."""
-
-    commit: bool
-    delay: float | datetime.timedelta | None
-    run_at: datetime.datetime | None
-    priority: int | None
-    unique_key: str | None
-
-
 class Enqueuer(t.Protocol):
     """What a task definition needs of its queue: to store a task for it."""
 
     def perform(
         self,
         task: TaskDefinition[t.Any, t.Any],
-        data: JSONValue = None,
+        data: JSONish = None,
         **options: Unpack[PerformArgs],
     ) -> int: ...
 
@@ -257,9 +251,29 @@ class TaskDefinition(t.Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.func(*args, **kwargs)
 
-    def perform(self, data: JSONValue = None, **options: Unpack[PerformArgs]) -> int:
-        """Store a task for this definition; see :meth:`PlainQueue.perform`."""
-        return self._queue.perform(self, data, **options)
+    @t.overload
+    def perform(self: TakesData[D], data: D, **options: Unpack[PerformArgs]) -> int: ...
+
+    @t.overload
+    def perform(
+        self: TakesData[None] | TakesNoData,
+        data: None = None,
+        **options: Unpack[PerformArgs],
+    ) -> int: ...
+
+    # ``self: Any``: the overloads' self types are protocols, which the class
+    # matches only structurally.
+    def perform(
+        self: t.Any, data: JSONish = None, **options: Unpack[PerformArgs]
+    ) -> int:
+        """Store a task for this definition; see :meth:`PlainQueue.perform`.
+
+        ``D`` is the type of the function's parameter: type checkers check
+        ``data`` against it, and a function that takes no argument takes no
+        data (see :ref:`type-checking`).
+        """
+        queue: Enqueuer = self._queue
+        return queue.perform(self, data, **options)
 
     def __repr__(self) -> str:
         return f"<TaskDefinition {self.name!r}>"

@@ -233,7 +233,7 @@ def test_bad_scheduling_arguments(env: Env, noop: t.Any) -> None:
     with pytest.raises(ValueError, match="naive"):
         env.queue.perform(noop, run_at=datetime.datetime(2030, 1, 1))
     with pytest.raises(TypeError, match="unique_key"):
-        env.queue.perform(noop, unique_key=42)  # type: ignore[arg-type]
+        env.queue.perform(noop, unique_key=42)  # type: ignore[call-overload]
     with pytest.raises(InvalidArgument, match="delay"):
         env.queue.perform(noop, delay=-1, commit=False)
     assert _rows(env) == []
