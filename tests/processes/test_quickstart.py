@@ -118,6 +118,14 @@ def _get(url: str) -> str:
         return str(response.read().decode())
 
 
+def _answers(url: str) -> bool:
+    try:
+        _get(url)
+    except OSError:
+        return False
+    return True
+
+
 @pytest.mark.slow
 def test_pasted_quickstart_runs(project: Project, procs: Procs) -> None:
     # Nothing of the repository but the package can be imported.
@@ -128,7 +136,7 @@ def test_pasted_quickstart_runs(project: Project, procs: Procs) -> None:
     assert found.strip() == "[]"
     (_, run), (work,) = _commands()
 
-    port = free_port()
+    port = free_port()  # the page's command, on a port of its own
     server = procs.start(
         project.command(run, "--port", str(port)), env=project.env, cwd=project.dir
     )
@@ -169,11 +177,3 @@ def test_pasted_quickstart_runs(project: Project, procs: Procs) -> None:
     assert "Welcome, bob@example.com!" in worker.stdout()
     worker.signal(signal.SIGTERM)
     assert worker.wait() == 0, worker.output()
-
-
-def _answers(url: str) -> bool:
-    try:
-        _get(url)
-    except OSError:
-        return False
-    return True
