@@ -5,7 +5,10 @@ Run it with its embedded worker::
 
     flask --app example_app run
 
-Settings in ``instance/config.py`` override the defaults below.
+Settings in ``instance/config.py`` override the defaults below. The app creates
+its tables (the queue's too) with ``db.create_all()`` at start-up; set
+``CREATE_TABLES = False`` there when Flask-Migrate manages the schema instead
+(see docs/migrations.rst).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ def create_app(
         # The queue dashboard at /queue, behind the admin login (admin.py).
         PLAINQUEUE_DASHBOARD=True,
         ADMIN_PASSWORD="admin",  # replace it in instance/config.py when deploying
+        CREATE_TABLES=True,
     )
     if test_config is None:
         app.config.from_pyfile("config.py", silent=True)
@@ -59,8 +63,9 @@ def create_app(
     db.init_app(app)
     queue.init_app(app)
 
-    with app.app_context():
-        db.create_all()
+    if app.config["CREATE_TABLES"]:
+        with app.app_context():
+            db.create_all()
 
     app.register_blueprint(bp)
     app.register_blueprint(admin_bp)

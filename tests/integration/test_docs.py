@@ -117,6 +117,18 @@ def test_literalincludes_exist_with_their_markers() -> None:
     assert seen >= 10
 
 
+def test_every_cited_test_exists() -> None:
+    cited = re.findall(
+        r"(tests/[\w/]+\.py)(?:::(\w+))?", "".join(p.read_text() for p in PAGES)
+    )
+    assert len(cited) >= 20
+    for file, name in cited:
+        path = ROOT / file
+        assert path.is_file(), file
+        if name:
+            assert re.search(rf"^def {name}\(", path.read_text(), re.M), (file, name)
+
+
 def test_every_config_key_is_documented_with_its_default() -> None:
     text = (DOCS / "config.rst").read_text()
     documented = dict(
