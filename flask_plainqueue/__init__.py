@@ -15,6 +15,7 @@ from .exceptions import TransferError
 from .exceptions import UniqueTaskWaiting
 from .exceptions import UnknownTask
 from .extension import PlainQueue
+from .info import PeriodicInfo
 from .info import QueueStatus
 from .info import TaskInfo
 from .schema import TaskState
@@ -28,6 +29,7 @@ __all__ = [
     "DuplicateTaskName",
     "InvalidArgument",
     "JSONValue",
+    "PeriodicInfo",
     "PlainQueue",
     "PlainQueueError",
     "QueueStatus",
