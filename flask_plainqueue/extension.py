@@ -26,6 +26,7 @@ from .enqueue import JOIN_SESSION
 from .enqueue import TaskId
 from .exceptions import ConfigurationError
 from .exceptions import InvalidArgument
+from .logs import log_like_the_app
 from .management import QueueManagement
 from .runtime import AppRuntime
 from .schema import build_tables
@@ -133,6 +134,7 @@ class PlainQueue(TaskDecorators, QueueManagement):
         store.backend.configure()
         self._apps[app] = AppRuntime(app, AppParts(db, store, self.registry, config))
         app.extensions["plainqueue"] = self
+        log_like_the_app()
         self._listen_for_commits(db)
         import_task_modules(config.tasks)
 
