@@ -30,6 +30,7 @@ DEFAULTS: Mapping[str, t.Any] = {
     "PLAINQUEUE_DASHBOARD": False,
     "PLAINQUEUE_DASHBOARD_URL": "/queue",
     "PLAINQUEUE_DASHBOARD_AUTH": None,
+    "PLAINQUEUE_DASHBOARD_BACK_URL": "/",
 }
 
 #: The allowed ranges of the numeric keys: ``(minimum, maximum)``, in seconds
@@ -72,6 +73,8 @@ class QueueConfig:
     dashboard_url: str = "/queue"
     #: ``auth() -> bool``, called in each dashboard request; ``None`` refuses all.
     dashboard_auth: t.Callable[[], bool] | None = None
+    #: Where the dashboard's "back to the app" link goes; ``None`` hides it.
+    dashboard_back_url: str | None = "/"
 
     @classmethod
     def from_app(cls, app: Flask) -> QueueConfig:
@@ -118,6 +121,18 @@ class QueueConfig:
                 "PLAINQUEUE_DASHBOARD_AUTH must be a function returning True for"
                 f" users allowed to see the dashboard, got {dashboard_auth!r}."
             )
+        back_url = c["PLAINQUEUE_DASHBOARD_BACK_URL"]
+        if back_url is not None and (
+            not isinstance(back_url, str)
+            or not (
+                (back_url.startswith("/") and not back_url.startswith("//"))
+                or back_url.startswith(("https://", "http://"))
+            )
+        ):
+            raise ConfigurationError(
+                "PLAINQUEUE_DASHBOARD_BACK_URL must be a path such as '/' or an"
+                f" http(s):// URL, or None for no link; got {back_url!r}."
+            )
         keep_failed = c["PLAINQUEUE_KEEP_FAILED"]
         return cls(
             embedded_worker=_flag(c, "PLAINQUEUE_EMBEDDED_WORKER"),
@@ -141,6 +156,7 @@ class QueueConfig:
             dashboard=_flag(c, "PLAINQUEUE_DASHBOARD"),
             dashboard_url=dashboard_url.rstrip("/"),
             dashboard_auth=dashboard_auth,
+            dashboard_back_url=back_url,
         )
 
 
