@@ -16,6 +16,7 @@ from .exceptions import UniqueTaskWaiting
 from .exceptions import UnknownTask
 from .extension import PlainQueue
 from .info import Health
+from .info import PeriodicInfo
 from .info import QueueStatus
 from .info import Reason
 from .info import TaskInfo
@@ -32,6 +33,7 @@ __all__ = [
     "Health",
     "InvalidArgument",
     "JSONValue",
+    "PeriodicInfo",
     "PlainQueue",
     "PlainQueueError",
     "QueueStatus",

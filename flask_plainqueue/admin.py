@@ -32,6 +32,7 @@ from .info import valid_id
 from .schema import STATUS_DEAD
 from .schema import STATUS_QUEUED
 from .schema import TaskState
+from .store import DELETE_BATCH
 
 if t.TYPE_CHECKING:
     from .store import Store
@@ -135,33 +136,47 @@ _UNREADABLE = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 # -- reading ----------------------------------------------------------------
 
 
-def status(store: Store, now: datetime.datetime | None = None) -> QueueStatus:
-    """Counts per name and state, the oldest due task, and busy workers."""
+def status(
+    store: Store, now: datetime.datetime | None = None, *, queue: str | None = None
+) -> QueueStatus:
+    """Counts per name, queue and state, the oldest due task, and busy workers
+    (of ``queue``, default all)."""
     now = now or store.clock()
     c = store.table.c
+    in_queue = [] if queue is None else [c.queue == queue]
     state = _state_expr(store, now).label("state")
     counts_stmt = (
-        sa.select(c.name, state, sa.func.count().label("n"))
-        .group_by(c.name, state)
-        .order_by(c.name)
+        sa.select(c.name, c.queue, state, sa.func.count().label("n"))
+        .where(*in_queue)
+        .group_by(c.name, c.queue, state)
     )
     oldest_stmt = (
         sa.select(c.id, sa.type_coerce(c.run_at, sa.String).label("run_at"))
-        .where(c.status == STATUS_QUEUED, c.run_at <= now)
+        .where(c.status == STATUS_QUEUED, c.run_at <= now, *in_queue)
         .order_by(c.run_at, c.id)
         .limit(1)
     )
     workers_stmt = (
         sa.select(c.lease_owner, sa.func.count())
-        .where(c.status == STATUS_QUEUED, c.lease_owner.is_not(None), c.run_at > now)
+        .where(
+            c.status == STATUS_QUEUED,
+            c.lease_owner.is_not(None),
+            c.run_at > now,
+            *in_queue,
+        )
         .group_by(c.lease_owner)
         .order_by(c.lease_owner)
     )
     counts: dict[str, dict[TaskState, int]] = {}
+    queues: dict[str, dict[str, dict[TaskState, int]]] = {}
     with store.read() as conn:
-        for name, state_value, n in conn.execute(counts_stmt):
+        for name, queue_name, state_value, n in conn.execute(counts_stmt):
             per_name = counts.setdefault(name, {s: 0 for s in STATES})
             per_name[TaskState(state_value)] += n
+            per_queue = queues.setdefault(queue_name, {}).setdefault(
+                name, {s: 0 for s in STATES}
+            )
+            per_queue[TaskState(state_value)] += n
         oldest = conn.execute(oldest_stmt).first()
         workers = {owner: n for owner, n in conn.execute(workers_stmt)}
     age = None
@@ -178,7 +193,54 @@ def status(store: Store, now: datetime.datetime | None = None) -> QueueStatus:
         oldest_pending_age=age,
         oldest_pending_id=None if oldest is None else int(oldest.id),
         workers=workers,
+        queues={q: dict(sorted(names.items())) for q, names in sorted(queues.items())},
+        queue=queue,
     )
+
+
+def last_ticks(store: Store) -> dict[str, datetime.datetime]:
+    """``{periodic task name: its last tick}`` as the workers recorded them."""
+    p = store.tables.periodic.c
+    with store.read() as conn:
+        rows = conn.execute(sa.select(p.name, p.last_tick)).all()
+    return {name: as_utc(tick) for name, tick in rows}
+
+
+def _conditions(
+    store: Store,
+    now: datetime.datetime,
+    states: Collection[TaskState] | None,
+    name: str | None,
+    queue: str | None,
+) -> list[sa.ColumnElement[bool]]:
+    c = store.table.c
+    where: list[sa.ColumnElement[bool]] = []
+    if states:
+        values = [TaskState(s).value for s in states]
+        if values == [TaskState.DEAD.value]:
+            # The common "failed" view uses the status column directly.
+            where.append(c.status == STATUS_DEAD)
+        else:
+            where.append(_state_expr(store, now).in_(values))
+    if name:
+        where.append(c.name == name)
+    if queue:
+        where.append(c.queue == queue)
+    return where
+
+
+def tables_exist(store: Store) -> bool:
+    """Whether the queue's tables exist (a missing one is a setup step not
+    done yet: ``db.create_all()`` or a migration)."""
+    try:
+        with store.read() as conn:
+            for table in (store.table, store.tables.periodic):
+                conn.execute(sa.select(sa.literal(1)).select_from(table).limit(1))
+    except sa.exc.DBAPIError as exc:
+        if store.is_missing_table(exc):
+            return False
+        raise
+    return True
 
 
 def _filtered(
@@ -189,19 +251,7 @@ def _filtered(
     name: str | None,
     queue: str | None,
 ) -> sa.Select[t.Any]:
-    c = store.table.c
-    if states:
-        values = [TaskState(s).value for s in states]
-        if values == [TaskState.DEAD.value]:
-            # The common "failed" view uses the status column directly.
-            stmt = stmt.where(c.status == STATUS_DEAD)
-        else:
-            stmt = stmt.where(_state_expr(store, now).in_(values))
-    if name:
-        stmt = stmt.where(c.name == name)
-    if queue:
-        stmt = stmt.where(c.queue == queue)
-    return stmt
+    return stmt.where(*_conditions(store, now, states, name, queue))
 
 
 def list_tasks(
@@ -386,6 +436,34 @@ def delete(
     with store.write() as conn:
         deleted = set(conn.execute(stmt).scalars())
     return [k for k in keys if k in deleted]
+
+
+def delete_matching(
+    store: Store,
+    *,
+    states: Collection[TaskState],
+    name: str | None = None,
+    queue: str | None = None,
+    now: datetime.datetime | None = None,
+    dry_run: bool = False,
+) -> int:
+    """Delete the tasks in ``states`` of task ``name`` and ``queue`` (default
+    all), never a running one, :data:`~.store.DELETE_BATCH` rows per
+    transaction; return how many, or with ``dry_run`` how many would be."""
+    now = now or store.clock()
+    if dry_run:
+        return count_tasks(store, states=states, name=name, queue=queue, now=now)
+    where = sa.and_(
+        _not_running(store, now), *_conditions(store, now, states, name, queue)
+    )
+    stmt = store.statements.delete_batch(where, DELETE_BATCH)
+    total = 0
+    while True:
+        with store.write() as conn:
+            deleted = conn.execute(stmt).rowcount
+        total += deleted
+        if deleted < DELETE_BATCH:
+            return total
 
 
 def purge_dead(

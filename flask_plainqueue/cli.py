@@ -18,7 +18,9 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from .cli_ops import add_ops_commands
+from .cli_params import describe_missing_table
 from .cli_params import errors_as_click
+from .cli_periodic import add_periodic_commands
 from .cli_tasks import add_task_commands
 
 if t.TYPE_CHECKING:
@@ -85,6 +87,10 @@ def make_cli(queue: PlainQueue) -> AppGroup:
                     f" queues: {', '.join(sorted(known)) or '(none)'}.",
                     param_hint="--queue",
                 )
+        if burst and not queue.tables_exist():
+            # Without this, a burst worker finds nothing due and exits 0: a
+            # deploy step that runs it would pass with no table at all.
+            raise click.ClickException(describe_missing_table())
         worker = queue.worker(app, concurrency=concurrency, queues=queues or None)
         signals_seen = 0
 
@@ -115,6 +121,7 @@ def make_cli(queue: PlainQueue) -> AppGroup:
             os._exit(0)
 
     add_task_commands(group, queue)
+    add_periodic_commands(group, queue)
     add_ops_commands(group, queue)
     return group
 

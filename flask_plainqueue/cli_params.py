@@ -45,11 +45,17 @@ def describe_database_error(exc: BaseException) -> str:
     if "no such table" in lowered or (
         "relation" in lowered and "does not exist" in lowered
     ):
-        return (
-            f"the queue's table does not exist ({first}). Create it with"
-            " 'db.create_all()' or your migrations ('flask db upgrade')."
-        )
+        return describe_missing_table(first)
     return f"the database refused: {first}"
+
+
+def describe_missing_table(detail: str | None = None) -> str:
+    """The error for a queue table that does not exist, with the fix."""
+    found = f" ({detail})" if detail else ""
+    return (
+        f"the queue's table does not exist{found}. Create it with"
+        " 'db.create_all()' or your migrations ('flask db upgrade')."
+    )
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]

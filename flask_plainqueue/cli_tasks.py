@@ -80,28 +80,35 @@ def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
     """Add the inspection, admin and transfer commands to ``group``."""
 
     @group.command("status", short_help="Counts per task and state, oldest due task.")
+    @click.option("--queue", "queue_name", default=None, help="Only this queue.")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
     @errors_as_click
-    def status(as_json: bool) -> None:
-        """Counts per task name and state, the oldest due task's wait, and the
-        workers running tasks now."""
-        result = queue.status()
+    def status(queue_name: str | None, as_json: bool) -> None:
+        """Counts per task name, queue and state, the oldest due task's wait,
+        and the workers running tasks now."""
+        result = queue.status(queue=queue_name)
         if as_json:
             _echo_json(result.as_dict())
             return
         if not result.counts:
-            click.echo("The queue is empty.")
+            scope = f"Queue {queue_name!r} has no tasks." if queue_name else ""
+            click.echo(scope or "The queue is empty.")
         else:
-            header = ["TASK", *(s.value.upper() for s in STATES)]
+            header = ["TASK", "QUEUE", *(s.value.upper() for s in STATES)]
             rows = [header]
-            for name, counts in result.counts.items():
-                rows.append([name, *(str(counts[s]) for s in STATES)])
+            per_name = sorted(
+                (name, queue_of, counts)
+                for queue_of, names in result.queues.items()
+                for name, counts in names.items()
+            )
+            for name, queue_of, counts in per_name:
+                rows.append([name, queue_of, *(str(counts[s]) for s in STATES)])
             totals = result.totals
-            rows.append(["(total)", *(str(totals[s]) for s in STATES)])
+            rows.append(["(total)", "", *(str(totals[s]) for s in STATES)])
             widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
             for index, row in enumerate(rows):
                 line = "  ".join(
-                    cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i])
+                    cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i])
                     for i, cell in enumerate(row)
                 )
                 click.echo(click.style(line, bold=True) if index == 0 else line)
@@ -266,14 +273,59 @@ def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
         retried = queue.retry_failed(name=name)
         click.echo(f"Retried {_plural(len(retried), 'task')}.")
 
-    @group.command("delete")
-    @click.argument(
-        "task_ids", metavar="ID...", nargs=-1, required=True, type=TaskIdType()
+    @group.command("delete", short_help="Delete tasks: IDs, or waiting ones by filter.")
+    @click.argument("task_ids", metavar="[ID]...", nargs=-1, type=TaskIdType())
+    @click.option("--name", default=None, help="Only tasks of this task name.")
+    @click.option("--queue", "queue_name", default=None, help="Only this queue.")
+    @click.option(
+        "--state",
+        "states",
+        multiple=True,
+        type=click.Choice([s.value for s in STATES if s is not TaskState.RUNNING]),
+        help="Only tasks in this state (repeatable; default pending and scheduled).",
     )
+    @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
     @errors_as_click
-    def delete(task_ids: tuple[int, ...]) -> None:
-        """Delete the given tasks (not while they run)."""
-        _per_task(queue, task_ids, "deleted", queue.delete)
+    def delete(
+        task_ids: tuple[int, ...],
+        name: str | None,
+        queue_name: str | None,
+        states: tuple[str, ...],
+        yes: bool,
+    ) -> None:
+        """Delete the given tasks, or the tasks that match --name, --queue and
+        --state (default: the waiting ones, pending and scheduled). A running
+        task is never deleted."""
+        filtered = name is not None or queue_name is not None or bool(states)
+        if task_ids and filtered:
+            raise click.UsageError(
+                "Give task IDs or filters (--name, --queue, --state), not both."
+            )
+        if not task_ids and not filtered:
+            raise click.UsageError(
+                "Give task IDs to delete, or filters (--name, --queue, --state)"
+                " for the tasks to delete."
+            )
+        if task_ids:
+            _per_task(queue, task_ids, "deleted", queue.delete)
+            return
+        chosen = sorted({TaskState(s) for s in states}, key=STATES.index) or None
+        kind = "waiting" if chosen is None else "/".join(s.value for s in chosen)
+        scope = (f" of {name}" if name else "") + (
+            f" on queue {queue_name}" if queue_name else ""
+        )
+        count = queue.delete_tasks(
+            state=chosen, name=name, queue=queue_name, dry_run=True
+        )
+        if not count:
+            click.echo(f"No {kind} tasks{scope}.")
+            return
+        if not yes:
+            click.confirm(
+                f"Delete {_plural(count, f'{kind} task')}{scope}?", abort=True
+            )
+        deleted = queue.delete_tasks(state=chosen, name=name, queue=queue_name)
+        click.echo(f"Deleted {_plural(deleted, f'{kind} task')}{scope}.")
 
     @group.command("purge", short_help="Delete dead tasks (all or --older-than).")
     @click.option("--failed", is_flag=True, help="Delete dead tasks (required).")

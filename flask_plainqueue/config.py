@@ -32,6 +32,7 @@ DEFAULTS: Mapping[str, t.Any] = {
     "PLAINQUEUE_DASHBOARD": False,
     "PLAINQUEUE_DASHBOARD_URL": "/queue",
     "PLAINQUEUE_DASHBOARD_AUTH": None,
+    "PLAINQUEUE_DASHBOARD_BACK_URL": "/",
 }
 
 #: The allowed ranges of the numeric keys: ``(minimum, maximum)``, in seconds
@@ -80,6 +81,8 @@ class QueueConfig:
     dashboard_url: str = "/queue"
     #: ``auth() -> bool``, called in each dashboard request; ``None`` refuses all.
     dashboard_auth: t.Callable[[], bool] | None = None
+    #: Where the dashboard's "back to the app" link goes; ``None`` hides it.
+    dashboard_back_url: str | None = "/"
 
     @classmethod
     def from_app(cls, app: Flask) -> QueueConfig:
@@ -126,6 +129,18 @@ class QueueConfig:
                 "PLAINQUEUE_DASHBOARD_AUTH must be a function returning True for"
                 f" users allowed to see the dashboard, got {dashboard_auth!r}."
             )
+        back_url = c["PLAINQUEUE_DASHBOARD_BACK_URL"]
+        if back_url is not None and (
+            not isinstance(back_url, str)
+            or not (
+                (back_url.startswith("/") and not back_url.startswith("//"))
+                or back_url.startswith(("https://", "http://"))
+            )
+        ):
+            raise ConfigurationError(
+                "PLAINQUEUE_DASHBOARD_BACK_URL must be a path such as '/' or an"
+                f" http(s):// URL, or None for no link; got {back_url!r}."
+            )
         keep_failed = c["PLAINQUEUE_KEEP_FAILED"]
         heartbeat = _seconds(c, "PLAINQUEUE_HEARTBEAT", positive=True)
         worker_timeout = _seconds(c, "PLAINQUEUE_WORKER_TIMEOUT", positive=True)
@@ -159,6 +174,7 @@ class QueueConfig:
             dashboard=_flag(c, "PLAINQUEUE_DASHBOARD"),
             dashboard_url=dashboard_url.rstrip("/"),
             dashboard_auth=dashboard_auth,
+            dashboard_back_url=back_url,
         )
 
 

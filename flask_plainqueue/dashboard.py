@@ -6,7 +6,10 @@ Off by default; ``PLAINQUEUE_DASHBOARD = True`` mounts it at
 check first (``@queue.dashboard_auth`` or ``PLAINQUEUE_DASHBOARD_AUTH``);
 without one, every URL answers 403. State-changing actions are POSTs with a
 CSRF token: Flask-WTF's when the app uses ``CSRFProtect``, otherwise a token
-signed with the app's ``SECRET_KEY`` and bound to the user's session.
+signed with the app's ``SECRET_KEY`` and bound to the user's session. Every
+response under the dashboard's URL, error pages and static files included,
+carries :data:`SECURITY_HEADERS`: no page may frame it, and it runs no inline
+script or style.
 """
 
 from __future__ import annotations
@@ -22,14 +25,17 @@ from flask import Blueprint
 from flask import current_app
 from flask import flash
 from flask import g
+from flask import make_response
 from flask import redirect
 from flask import render_template
 from flask import request
 from flask import session
 from flask import url_for
 from flask.typing import ResponseReturnValue
+from flask.wrappers import Response
 from itsdangerous import BadData
 from itsdangerous import URLSafeTimedSerializer
+from werkzeug.exceptions import HTTPException
 
 from .clock import utcnow
 from .exceptions import ConfigurationError
@@ -68,6 +74,33 @@ or with the configuration key PLAINQUEUE_DASHBOARD_AUTH = can_see_queue.
 
 FORBIDDEN_DENIED = "You are not allowed to see the task queue dashboard.\n"
 
+#: Sent with every dashboard response. ``frame-ancestors 'none'`` (and the
+#: older ``X-Frame-Options``) keep any page, same-site ones included, from
+#: framing the Retry and Delete buttons; ``default-src 'self'`` refuses inline
+#: scripts and styles, so injected markup could not run.
+SECURITY_HEADERS: dict[str, str] = {
+    "Content-Security-Policy": (
+        "default-src 'self'; frame-ancestors 'none'; base-uri 'none';"
+        " form-action 'self'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "same-origin",
+}
+#: Seconds between reloads when the auto-refresh toggle is on.
+AUTO_REFRESH_SECONDS = 5
+
+_ERRORS = {
+    400: ("Bad request", "The request was not understood."),
+    403: ("Forbidden", FORBIDDEN_DENIED),
+    404: (
+        "Not found",
+        "There is nothing here: the task may have finished or been deleted.",
+    ),
+    405: ("Method not allowed", "This address does not take this method."),
+}
+
 
 def make_blueprint(queue: PlainQueue, name: str = "plainqueue") -> Blueprint:
     """The dashboard blueprint for ``queue``; register it with a ``url_prefix``.
@@ -97,9 +130,9 @@ def make_blueprint(queue: PlainQueue, name: str = "plainqueue") -> Blueprint:
         # Per-app configuration is more specific than the queue-wide decorator.
         check = queue.dashboard_check()
         if check is None:
-            return _text(FORBIDDEN_NO_AUTH, 403)
+            return _error_page(403, FORBIDDEN_NO_AUTH, nav=False)
         if not check():
-            return _text(FORBIDDEN_DENIED, 403)
+            return _error_page(403, FORBIDDEN_DENIED, nav=False)
         if request.method == "POST":
             _check_csrf(app)
         return None
@@ -111,9 +144,34 @@ def make_blueprint(queue: PlainQueue, name: str = "plainqueue") -> Blueprint:
             "states": STATES,
             "age": _age,
             "when": _when,
+            "back_url": queue.settings().dashboard_back_url,
+            "refresh_seconds": AUTO_REFRESH_SECONDS,
         }
 
-    @bp.route("/")
+    @bp.after_request
+    def secure(response: Response) -> Response:
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    @bp.errorhandler(400)
+    @bp.errorhandler(403)
+    @bp.errorhandler(404)
+    @bp.errorhandler(405)
+    def error(exc: HTTPException) -> ResponseReturnValue:
+        code = exc.code or 500
+        default = _ERRORS[code][1]
+        # abort(400, "why") says why; Werkzeug's stock descriptions do not.
+        description = exc.description
+        if description == type(exc).description:
+            description = default
+        # A user refused (by an auth check's abort(403), say) sees no links.
+        page = _error_page(code, description or default, nav=code != 403)
+        allowed = getattr(exc, "valid_methods", None)
+        if allowed:
+            return page, {"Allow": ", ".join(allowed)}
+        return page
+
+    @bp.route("/", strict_slashes=False)
     def overview() -> ResponseReturnValue:
         status = queue.status()
         return render_template("plainqueue/overview.html", status=status)
@@ -179,6 +237,29 @@ def make_blueprint(queue: PlainQueue, name: str = "plainqueue") -> Blueprint:
         flash(f"Task {info.id} is running; it cannot be deleted now.", "error")
         return redirect(url_for(".detail", task_id=task_id))
 
+    @bp.route("/periodic")
+    def periodic() -> ResponseReturnValue:
+        return render_template(
+            "plainqueue/periodic.html", periodic=queue.periodic_tasks()
+        )
+
+    @bp.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    def unknown(rest: str) -> ResponseReturnValue:
+        # Any other address under the dashboard gets the dashboard's 404 (and
+        # a GET of a POST-only one its 405), behind its auth and headers,
+        # instead of a routing error the blueprint would never see.
+        adapter = current_app.url_map.bind_to_environ(request.environ)
+        for method in ("GET", "POST"):
+            if method == request.method:
+                continue
+            try:
+                endpoint, _ = adapter.match(method=method)
+            except HTTPException:
+                continue
+            if endpoint != request.endpoint:
+                abort(405, valid_methods=[method])
+        abort(404)
+
     @bp.route("/retry-failed", methods=["POST"])
     def retry_failed() -> ResponseReturnValue:
         name = request.form.get("name", "").strip() or None
@@ -190,8 +271,12 @@ def make_blueprint(queue: PlainQueue, name: str = "plainqueue") -> Blueprint:
     return bp
 
 
-def _text(body: str, status: int) -> ResponseReturnValue:
-    return body, status, {"Content-Type": "text/plain; charset=utf-8"}
+def _error_page(code: int, message: str, *, nav: bool = True) -> Response:
+    title = _ERRORS[code][0]
+    page = render_template(
+        "plainqueue/error.html", code=code, title=title, message=message, nav=nav
+    )
+    return make_response(page, code)
 
 
 # -- CSRF ---------------------------------------------------------------------

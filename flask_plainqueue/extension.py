@@ -17,6 +17,7 @@ from .embedded import exit_on_sigterm
 from .embedded import serving_with_flask_run
 from .embedded import WorkerThread
 from .exceptions import ConfigurationError
+from .logs import log_like_the_app
 from .management import QueueManagement
 from .operations import QueueOperations
 from .perform import Enqueueing
@@ -122,6 +123,7 @@ class PlainQueue(Enqueueing, TaskDecorators, QueueManagement, QueueOperations):
         store.backend.configure()
         self._apps[app] = AppRuntime(app, AppParts(db, store, self.registry, config))
         app.extensions["plainqueue"] = self
+        log_like_the_app()
         self._listen_for_commits(db)
         import_task_modules(config.tasks)
 

@@ -100,6 +100,12 @@ class QueueStatus:
     oldest_pending_id: int | None
     #: ``{worker id: running tasks}`` for workers holding unexpired leases.
     workers: dict[str, int]
+    #: ``{queue: {name: {state: count}}}``: :attr:`counts` split by queue.
+    queues: dict[str, dict[str, dict[TaskState, int]]] = dataclasses.field(
+        default_factory=dict
+    )
+    #: The queue the status was limited to, or ``None`` for all.
+    queue: str | None = None
 
     @property
     def totals(self) -> dict[TaskState, int]:
@@ -117,7 +123,52 @@ class QueueStatus:
             "oldest_pending_age": self.oldest_pending_age,
             "oldest_pending_id": self.oldest_pending_id,
             "workers": self.workers,
+            "queues": {
+                queue: {
+                    name: {s.value: n for s, n in counts.items()}
+                    for name, counts in names.items()
+                }
+                for queue, names in self.queues.items()
+            },
+            "queue": self.queue,
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class PeriodicInfo:
+    """A registered periodic task, its schedule and its ticks, as
+    :meth:`~flask_plainqueue.PlainQueue.periodic_tasks` returns it.
+
+    .. versionadded:: 0.1
+    """
+
+    name: str
+    queue: str
+    #: The schedule as written: the cron expression, or ``every`` and the
+    #: interval (``every 5m``).
+    schedule: str
+    #: The cron expression, or ``None`` for an interval.
+    cron: str | None
+    #: The interval in seconds, or ``None`` for a cron expression.
+    every: float | None
+    #: The cron expression's time zone (``None``: UTC).
+    tz: str | None
+    #: Whether a tick missed while no worker ran is run late.
+    catch_up: bool
+    #: The last tick a worker enqueued (or skipped), or ``None`` before the
+    #: first tick a worker saw.
+    last_tick: datetime.datetime | None
+    #: The schedule's first tick after now, or ``None`` if it has none.
+    next_tick: datetime.datetime | None
+
+    def as_dict(self) -> dict[str, t.Any]:
+        """A JSON-friendly dict (datetimes as ISO 8601 UTC), as ``flask queue
+        periodic --json`` prints it."""
+        result = dataclasses.asdict(self)
+        for key in ("last_tick", "next_tick"):
+            value = result[key]
+            result[key] = None if value is None else value.isoformat()
+        return result
 
 
 def error_summary(error: str | None) -> str:

@@ -12,6 +12,9 @@ from collections.abc import Iterable
 from . import admin
 from . import transfer
 from .exceptions import InvalidArgument
+from .exceptions import ScheduleError
+from .info import format_age
+from .info import PeriodicInfo
 from .info import QueueStatus
 from .info import TaskInfo
 from .schema import TaskState
@@ -93,13 +96,57 @@ class QueueManagement:
         """
         return self.status().counts
 
-    def status(self) -> QueueStatus:
-        """Counts per task name and state, the oldest due task, and the workers
-        running tasks now.
+    def status(self, *, queue: str | None = None) -> QueueStatus:
+        """Counts per task name, queue and state, the oldest due task, and the
+        workers running tasks now; of ``queue`` only if given.
 
         .. versionadded:: 0.1
         """
-        return admin.status(self.store())
+        return admin.status(self.store(), queue=queue)
+
+    def periodic_tasks(self) -> list[PeriodicInfo]:
+        """The registered periodic tasks, sorted by name, each with its
+        schedule, the last tick a worker enqueued and the next tick.
+
+        .. versionadded:: 0.1
+        """
+        store = self.store()
+        ticks = admin.last_ticks(store)
+        now = store.clock()
+        result = []
+        for definition in sorted(self.registry, key=lambda d: d.name):
+            schedule = definition.schedule
+            if schedule is None:
+                continue
+            try:
+                upcoming: datetime.datetime | None = schedule.next(now)
+            except ScheduleError:
+                upcoming = None
+            every = None if schedule.every is None else schedule.every.total_seconds()
+            result.append(
+                PeriodicInfo(
+                    name=definition.name,
+                    queue=definition.options.queue,
+                    schedule=schedule.cron
+                    if schedule.cron is not None
+                    else f"every {format_age(t.cast(float, every))}",
+                    cron=schedule.cron,
+                    every=every,
+                    tz=schedule.tz,
+                    catch_up=definition.catch_up,
+                    last_tick=ticks.get(definition.name),
+                    next_tick=upcoming,
+                )
+            )
+        return result
+
+    def tables_exist(self) -> bool:
+        """Whether the queue's tables exist in the current app's database
+        (``db.create_all()`` or a migration creates them).
+
+        .. versionadded:: 0.1
+        """
+        return admin.tables_exist(self.store())
 
     def names(self) -> list[str]:
         """The task names stored, sorted.
@@ -145,6 +192,34 @@ class QueueManagement:
         return bool(admin.delete(self.store(), [_checked_id(task_id)]))
 
     delete = cancel
+
+    def delete_tasks(
+        self,
+        *,
+        state: TaskState | Collection[TaskState] | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        dry_run: bool = False,
+    ) -> int:
+        """Delete the tasks in ``state`` (default the waiting ones: pending and
+        scheduled; ``dead`` may be given too) of task ``name`` and ``queue``
+        (default all), in batches of 1,000 rows per transaction; return how
+        many were deleted, or with ``dry_run`` how many would be. A task that
+        is running when its batch is deleted is left alone.
+
+        :raises InvalidArgument: ``state`` includes ``running``.
+
+        .. versionadded:: 0.1
+        """
+        states = _states(state) or [TaskState.PENDING, TaskState.SCHEDULED]
+        if TaskState.RUNNING in states:
+            raise InvalidArgument(
+                "delete_tasks() deletes pending, scheduled and dead tasks; a running"
+                " task belongs to its worker, so state may not include 'running'."
+            )
+        return admin.delete_matching(
+            self.store(), states=states, name=name, queue=queue, dry_run=dry_run
+        )
 
     def purge(
         self,

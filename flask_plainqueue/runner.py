@@ -253,8 +253,10 @@ class TaskRunner:
                     task.id, task.attempts, format_error(exc), self._now(), True
                 )
             self._send(signals.task_started, task_id=task.id, task=task.name)
-            if logger.isEnabledFor(logging.INFO):
-                logger.info("Task %s (%s) started", task.id, task.name, extra=extra)
+            # DEBUG and guarded: the default level (INFO) must not pay for a
+            # record per task.
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("Task %s (%s) started", task.id, task.name, extra=extra)
             atomic = definition.options.atomic
             session = self.db.session() if atomic else None
             start = time.perf_counter()
@@ -281,8 +283,8 @@ class TaskRunner:
                 if session is not None:
                     session.rollback()
                 return SETTLED
-            if logger.isEnabledFor(logging.INFO):
-                logger.info(
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
                     "Task %s (%s) succeeded in %.3fs",
                     task.id,
                     task.name,

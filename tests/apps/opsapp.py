@@ -14,6 +14,7 @@ The dashboard is mounted at ``/queue`` behind a one-password login
 
 from __future__ import annotations
 
+import datetime
 import os
 import typing as t
 
@@ -61,6 +62,11 @@ def send_welcome(data: t.Any) -> None:
 def render_invoice(data: t.Any) -> None:
     """Fails (a stand-in for a task with a bug)."""
     raise RuntimeError(f"template 'invoice.html' not found for invoice {data}")
+
+
+@queue.periodic(name="reports.hourly", every=datetime.timedelta(hours=1))
+def hourly_report() -> None:
+    """A periodic task, for the dashboard's Periodic page."""
 
 
 @queue.dashboard_auth

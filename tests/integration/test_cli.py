@@ -363,9 +363,16 @@ def test_status_command(ops: Ops) -> None:
     result = ops.cli("status")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].split() == ["TASK", "PENDING", "SCHEDULED", "RUNNING", "DEAD"]
-    assert lines[1].split() == ["t.fail", "0", "0", "0", "1"]
-    assert lines[2].split() == ["t.ok", "1", "0", "0", "0"]
+    assert lines[0].split() == [
+        "TASK",
+        "QUEUE",
+        "PENDING",
+        "SCHEDULED",
+        "RUNNING",
+        "DEAD",
+    ]
+    assert lines[1].split() == ["t.fail", "default", "0", "0", "0", "1"]
+    assert lines[2].split() == ["t.ok", "default", "1", "0", "0", "0"]
     assert lines[3].split() == ["(total)", "1", "0", "0", "1"]
     # Columns are aligned: every count ends where its header ends.
     assert len({len(line) for line in lines[:4]}) == 1

@@ -143,6 +143,8 @@ def _every_url(d: Dash) -> list[tuple[str, str]]:
         ("GET", f"/queue/tasks/{task_id}"),
         ("GET", "/queue/tasks/999"),
         ("GET", "/queue/static/plainqueue/plainqueue.css"),
+        ("GET", "/queue/periodic"),
+        ("GET", "/queue/nowhere"),
         ("POST", f"/queue/tasks/{task_id}/retry"),
         ("POST", f"/queue/tasks/{task_id}/delete"),
         ("POST", "/queue/retry-failed"),

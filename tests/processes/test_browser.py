@@ -198,7 +198,7 @@ def test_log_in_see_failed_task_retry_it_and_see_it_gone(
     ]
     assert failed not in ids and len(ids) == 2
     browser.get(f"{site.url}/queue/tasks/{failed}")
-    assert "Not Found" in browser.title
+    assert browser.title.startswith("404 Not found")  # the dashboard's own page
 
     # The dead list on a phone-sized screen: one card per task, no sideways
     # scrolling.
@@ -265,3 +265,153 @@ def test_without_login_every_page_is_refused(browser: t.Any, site: Site) -> None
     for path in ("/queue/", "/queue/tasks", f"/queue/tasks/{task_id}"):
         browser.get(site.url + path)
         assert "not allowed" in browser.find_element(By.TAG_NAME, "body").text
+
+
+# -- framing, the Periodic page and auto-refresh -----------------------------------
+
+#: A page that frames the address given as ``?src=``.
+FRAMING_PAGE = (
+    "<!doctype html><html><head><title>framing page</title></head><body>"
+    '<iframe id="framed" src="{src}" width="900" height="600"></iframe>'
+    "</body></html>"
+)
+
+
+@pytest.fixture
+def framer() -> Iterator[int]:
+    """A server on 127.0.0.1 (another port: the same site as the dashboard,
+    another origin) answering every path with :data:`FRAMING_PAGE`; as
+    ``localhost`` it is another site. Yields its port."""
+    from html import escape
+    from urllib.parse import parse_qs
+
+    def app(environ: dict[str, t.Any], start_response: t.Any) -> list[bytes]:
+        src = parse_qs(environ.get("QUERY_STRING", "")).get("src", [""])[0]
+        body = FRAMING_PAGE.format(src=escape(src, quote=True)).encode()
+        start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+        return [body]
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="framing-server")
+    thread.start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        thread.join(TIMEOUT)
+        server.server_close()
+
+
+def framed(driver: t.Any, page: str, src: str) -> dict[str, t.Any]:
+    """Open ``page`` framing ``src``; return what the frame shows."""
+    from urllib.parse import quote
+
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{page}/?src={quote(src, safe='')}")
+    frame = driver.find_element(By.ID, "framed")
+    driver.switch_to.frame(frame)
+    try:
+        return {
+            "url": driver.execute_script("return document.location.href"),
+            "login": len(driver.find_elements(By.ID, "login")),
+            "retry": len(driver.find_elements(By.ID, "pq-retry")),
+            "delete": len(driver.find_elements(By.ID, "pq-delete")),
+        }
+    finally:
+        driver.switch_to.default_content()
+
+
+def test_pages_that_frame_the_dashboard_are_refused(
+    browser: t.Any, site: Site, framer: int
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    task_id = site.queue.perform("ops.fail", {"error": "framed"})
+    site.queue.drain()
+    log_in(browser, site)
+    target = f"{site.url}/queue/tasks/{task_id}"
+    browser.get(target)
+    assert browser.find_elements(By.ID, "pq-retry")  # logged in, buttons shown
+
+    same_site = f"http://127.0.0.1:{framer}"
+    cross_site = f"http://localhost:{framer}"
+    for page in (same_site, cross_site):
+        # The check can see a frame that loads: the app's own login page (no
+        # dashboard headers) does.
+        control = framed(browser, page, f"{site.url}/login")
+        assert control["login"] == 1, (page, control)
+        assert control["url"] == f"{site.url}/login", (page, control)
+        # The dashboard's task page is refused: the frame holds the browser's
+        # error page, without the Retry and Delete buttons.
+        refused = framed(browser, page, target)
+        assert refused["retry"] == refused["delete"] == 0, (page, refused)
+        assert not refused["url"].startswith(site.url), (page, refused)
+    screenshot(browser, site, "dashboard-framed-refused")
+
+
+def test_periodic_page_and_link_back_to_the_app(browser: t.Any, site: Site) -> None:
+    from selenium.webdriver.common.by import By
+
+    log_in(browser, site)
+    browser.find_element(By.ID, "pq-nav-periodic").click()
+    wait_text(browser, "h1", "Periodic tasks")
+    row = browser.find_element(By.XPATH, "//tr[td/a[text()='reports.hourly']]")
+    cells = [td.text for td in row.find_elements(By.TAG_NAME, "td")]
+    assert cells[1:4] == ["default", "every 1h", "never"], cells
+    assert cells[4].startswith("in "), cells
+
+    site.queue.worker(site.app).scheduler.tick(site.queue.store().clock())
+    browser.refresh()
+    row = browser.find_element(By.XPATH, "//tr[td/a[text()='reports.hourly']]")
+    last_tick = row.find_elements(By.TAG_NAME, "td")[3].text
+    assert last_tick.endswith(" ago"), last_tick
+    # The stylesheet applies under the Content-Security-Policy: the header is
+    # dark, not the browser's default transparent.
+    header = browser.find_element(By.CSS_SELECTOR, ".pq-header")
+    assert header.value_of_css_property("background-color") != "rgba(0, 0, 0, 0)"
+    screenshot(browser, site, "dashboard-periodic")
+
+    back = browser.find_element(By.ID, "pq-back")
+    assert back.get_attribute("href") == f"{site.url}/"
+
+
+def test_auto_refresh_reloads_the_page_while_ticked(browser: t.Any, site: Site) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    log_in(browser, site)
+    box = browser.find_element(By.ID, "pq-autorefresh")
+    assert box.is_displayed() and not box.is_selected()
+    box.click()
+    assert (
+        browser.execute_script(
+            "return window.localStorage.getItem('plainqueue-autorefresh')"
+        )
+        == "on"
+    )
+    browser.execute_script("window.__before_reload = true")
+    site.queue.perform_many("ops.ok", [1, 2, 3], delay=600)
+
+    def reloaded_with_new_counts(driver: t.Any) -> bool:
+        card = driver.find_element(By.CSS_SELECTOR, ".pq-card.pq-state-scheduled")
+        return bool(
+            driver.execute_script("return window.__before_reload === undefined")
+            and card.find_element(By.CSS_SELECTOR, ".pq-card-n").text == "3"
+        )
+
+    WebDriverWait(browser, TIMEOUT).until(reloaded_with_new_counts)
+    # Still on after the reload, and on other pages too.
+    assert browser.find_element(By.ID, "pq-autorefresh").is_selected()
+    browser.get(f"{site.url}/queue/periodic")
+    box = browser.find_element(By.ID, "pq-autorefresh")
+    assert box.is_selected()
+    box.click()
+    assert (
+        browser.execute_script(
+            "return window.localStorage.getItem('plainqueue-autorefresh')"
+        )
+        == "off"
+    )
+    browser.refresh()
+    assert not browser.find_element(By.ID, "pq-autorefresh").is_selected()

@@ -306,9 +306,7 @@ def test_a_long_task_does_not_block_others_at_the_defaults(
     if command == "run":
         proc = start_server(procs, proc_app).proc
     else:
-        proc = procs.start(
-            flask_args("procapp", "queue", "work"), env=proc_app.env()
-        )
+        proc = procs.start(flask_args("procapp", "queue", "work"), env=proc_app.env())
     proc_app.perform("block", data)
     wait_for(
         lambda: Path(data["started"]).exists(),

@@ -3,6 +3,7 @@ are refused when the app is set up, and no template marks data safe."""
 
 from __future__ import annotations
 
+import re
 import typing as t
 from pathlib import Path
 
@@ -23,6 +24,9 @@ TEMPLATES = Path(dashboard.__file__).parent / "templates" / "plainqueue"
         ("PLAINQUEUE_DASHBOARD_URL", "/", "not the site root"),
         ("PLAINQUEUE_DASHBOARD_AUTH", "admin", "must be a function"),
         ("PLAINQUEUE_DASHBOARD", "yes", "True or False"),
+        ("PLAINQUEUE_DASHBOARD_BACK_URL", "javascript:alert(1)", "http"),
+        ("PLAINQUEUE_DASHBOARD_BACK_URL", "//evil.example", "a path such as '/'"),
+        ("PLAINQUEUE_DASHBOARD_BACK_URL", 3, "or None for no link"),
     ],
 )
 def test_bad_config_is_refused(
@@ -63,3 +67,15 @@ def test_templates_never_mark_data_safe() -> None:
     assert templates
     for template in templates:
         assert "|safe" not in template.read_text().replace(" ", ""), template
+
+
+def test_templates_have_no_inline_script_or_style() -> None:
+    # The dashboard's Content-Security-Policy (default-src 'self') would block
+    # them: scripts and styles come from its static files only.
+    inline = re.compile(
+        r"<script(?![^>]*\ssrc=)[^>]*>|<style|\sstyle=|\son[a-z]+=|javascript:", re.I
+    )
+    for template in TEMPLATES.glob("*.html"):
+        found = inline.findall(template.read_text())
+        assert not found, (template.name, found)
+    assert inline.search('<p onclick="x()">') and inline.search("<script>")

@@ -1,0 +1,67 @@
+"""``flask queue periodic``: the periodic tasks, their schedules and ticks.
+It uses only :class:`~flask_plainqueue.PlainQueue`'s public API."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import typing as t
+
+import click
+from flask.cli import AppGroup
+
+from .cli_params import errors_as_click
+
+if t.TYPE_CHECKING:
+    from .extension import PlainQueue
+
+
+def _when(value: datetime.datetime | None, missing: str) -> str:
+    if value is None:
+        return missing
+    return value.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def add_periodic_commands(group: AppGroup, queue: PlainQueue) -> None:
+    """Add ``periodic`` to ``group``."""
+
+    @group.command(
+        "periodic", short_help="Periodic tasks: schedule, last and next tick."
+    )
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+    @errors_as_click
+    def periodic(as_json: bool) -> None:
+        """One line per registered periodic task: its name, queue, schedule
+        (the cron expression, in UTC unless a time zone is shown, or the
+        interval), the last tick a worker enqueued and the next tick (UTC)."""
+        infos = queue.periodic_tasks()
+        if as_json:
+            click.echo(
+                json.dumps(
+                    [info.as_dict() for info in infos],
+                    indent=2,
+                    sort_keys=True,
+                    ensure_ascii=True,
+                )
+            )
+            return
+        if not infos:
+            click.echo("No periodic tasks are registered.")
+            return
+        rows = [["NAME", "QUEUE", "SCHEDULE", "LAST TICK", "NEXT TICK"]]
+        for info in infos:
+            schedule = info.schedule + (f" ({info.tz})" if info.tz else "")
+            rows.append(
+                [
+                    info.name,
+                    info.queue,
+                    schedule,
+                    _when(info.last_tick, "never"),
+                    _when(info.next_tick, "none"),
+                ]
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for index, row in enumerate(rows):
+            line = "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row))
+            line = line.rstrip()
+            click.echo(click.style(line, bold=True) if index == 0 else line)
