@@ -244,7 +244,7 @@ class WorkerInfo:
     """A worker registered in the workers table, as
     :meth:`~flask_plainqueue.PlainQueue.workers` returns it.
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
 
     #: Its id (``host:pid:random``), the ``lease_owner`` of what it runs.
@@ -295,7 +295,7 @@ class Health:
     """Whether live workers serve the queues and due tasks get run, as
     :meth:`~flask_plainqueue.PlainQueue.health` returns it.
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
 
     #: Every condition holds.
@@ -340,7 +340,7 @@ class Reason:
     """Why a task is (not) running, as :meth:`~flask_plainqueue.PlainQueue.why`
     returns it: one code of :data:`REASON_CODES` and a sentence.
 
-    .. versionadded:: 0.2
+    .. versionadded:: 0.1
     """
 
     task_id: int

@@ -43,7 +43,7 @@ class QueueOperations:
         or ``lost`` (no heartbeat for ``PLAINQUEUE_WORKER_TIMEOUT`` seconds),
         with the tasks it runs now.
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         return diagnosis.workers(self.store(), self.settings())
 
@@ -55,7 +55,7 @@ class QueueOperations:
         due task that is not paused has waited less than ``max_age`` seconds.
         For an app's own ``/healthz`` view; ``flask queue health`` prints it.
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         if max_age is not None:
             max_age = validate.seconds("max_age", max_age, error=InvalidArgument)
@@ -68,7 +68,7 @@ class QueueOperations:
         """Why task ``task_id`` is not running now, as one reason code and a
         sentence (see :data:`~flask_plainqueue.info.REASON_CODES`).
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         key = validate.whole(
             "task_id", task_id, error=InvalidArgument, minimum=1, maximum=2**63 - 1
@@ -81,7 +81,7 @@ class QueueOperations:
         periodic ticks of a paused task are not enqueued. Persisted until
         :meth:`resume`. Returns whether anything was newly paused.
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         return self._set_pause(queue, task, pause=True)
 
@@ -89,14 +89,14 @@ class QueueOperations:
         """Undo :meth:`pause` for a queue, a task name, or both. Returns whether
         anything was paused.
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         return self._set_pause(queue, task, pause=False)
 
     def paused(self) -> Paused:
         """The paused queues and task names (``.queues``, ``.tasks``).
 
-        .. versionadded:: 0.2
+        .. versionadded:: 0.1
         """
         return Roster(self.store()).paused()
 

@@ -122,6 +122,8 @@ def test_generated_migration_runs_and_tasks_run_on_it(migrations: Migrations) ->
     assert migrations.queue_tables() == {
         "plainqueue_tasks",
         "plainqueue_tasks_periodic",
+        "plainqueue_tasks_workers",
+        "plainqueue_tasks_paused",
     }
 
 
@@ -162,6 +164,8 @@ def test_example_app_migrates_and_signs_up(database_uri: str, tmp_path: Path) ->
         "outbox_email",
         "plainqueue_tasks",
         "plainqueue_tasks_periodic",
+        "plainqueue_tasks_workers",
+        "plainqueue_tasks_paused",
     }
     for table in tables:
         assert f"Detected added table '{table}'" in generated, generated
