@@ -92,20 +92,26 @@ def main() -> None:
     barrier = Barrier(os.environ["BENCH_DIR"])
     rss_start = rss_mib()
 
-    async def go() -> Counter:
+    async def go() -> None:
         counter = Counter()
         start_fn = run_pgqueuer if lib == "pgqueuer" else run_procrastinate
         await start_fn(url, barrier, counter)
-        return counter
+        if not STOP_AFTER:
+            return
+        barrier.done(
+            end=counter.end,
+            count=counter.count,
+            rss_start=rss_start,
+            rss_end=rss_mib(),
+        )
+        sys.stdout.flush()
+        # Exit from inside the loop: the measurement is over, and a peer's task
+        # that ignores cancellation (pgqueuer's, seen here) would otherwise keep
+        # asyncio.run() from returning, and the benchmark waiting for this
+        # process.
+        os._exit(0)
 
-    counter = asyncio.run(go())
-    if not STOP_AFTER:
-        return
-    barrier.done(
-        end=counter.end, count=counter.count, rss_start=rss_start, rss_end=rss_mib()
-    )
-    sys.stdout.flush()
-    os._exit(0)
+    asyncio.run(go())
 
 
 if __name__ == "__main__":

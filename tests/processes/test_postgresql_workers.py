@@ -141,7 +141,12 @@ def test_eight_workers_run_20000_tasks_enqueued_while_they_run(
     procs: Procs, pg_app: PgApp
 ) -> None:
     total = 20_000
-    env = {"PGAPP_BATCH_SIZE": "50", "PGAPP_POOL_SIZE": "3"}
+    # One claim loop each: a pool of 3 (+2 overflow) serves it with room.
+    env = {
+        "PGAPP_BATCH_SIZE": "50",
+        "PGAPP_POOL_SIZE": "3",
+        "PLAINQUEUE_CONCURRENCY": "1",
+    }
     workers = [
         pg_app.start_worker(procs, "--log-level", "WARNING", **env) for _ in range(8)
     ]
@@ -230,6 +235,7 @@ def test_workers_survive_a_server_restart(procs: Procs, pg_app: PgApp) -> None:
         "PGAPP_BATCH_SIZE": "20",
         "PGAPP_SLEEP": "0.002",
         "PGAPP_POOL_SIZE": "3",
+        "PLAINQUEUE_CONCURRENCY": "1",
         # Longer than the restart: a task whose result could not be written
         # during it is still this worker's when it writes it afterwards.
         "PLAINQUEUE_LEASE_SECONDS": "60",
