@@ -484,3 +484,21 @@ def test_an_app_without_plainqueue_is_refused(
             " 'queue.init_app(app)'*"
         ]
     )
+
+
+def test_a_project_that_does_not_use_it_pays_nothing_for_it(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makeini("[pytest]\nfilterwarnings =\n    error\n")
+    pytester.makepyfile(
+        test_inner="""
+        import sys
+
+        def test_plain(pytestconfig):
+            assert pytestconfig.pluginmanager.has_plugin("plainqueue")
+            heavy = {"flask", "flask_sqlalchemy", "sqlalchemy", "werkzeug"}
+            assert sorted(heavy & set(sys.modules)) == []
+        """
+    )
+    result = _run(pytester, monkeypatch)
+    result.assert_outcomes(passed=1)
