@@ -268,8 +268,11 @@ def test_periodic_ticks_come_with_the_clock(run_inner: t.Any) -> None:
         """
         import datetime
 
+        import pytest
+
         import conftest
         from conftest import queue
+        from flask_plainqueue import InvalidArgument
 
         @queue.periodic(
             every=datetime.timedelta(minutes=5), name="tidy", catch_up=False
@@ -297,6 +300,14 @@ def test_periodic_ticks_come_with_the_clock(run_inner: t.Any) -> None:
             plainqueue.clock.advance(datetime.timedelta(minutes=15))  # to 00:22
             plainqueue.assert_enqueued("tidy", count=3)
             assert plainqueue.run("tidy") == 3
+
+            # 40 days of 5-minute ticks is too many to pass one by one: refused
+            # before anything moves.
+            before = plainqueue.clock.now
+            with pytest.raises(InvalidArgument, match="more than 10000 ticks"):
+                plainqueue.clock.advance(datetime.timedelta(days=40))
+            assert plainqueue.clock.now == before
+            assert plainqueue.enqueued() == []
 
         def test_a_jump_is_a_worker_that_was_down(plainqueue):
             plainqueue.clock.set(START)
