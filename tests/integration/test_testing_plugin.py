@@ -79,9 +79,14 @@ def app(bare_app):
 
 @pytest.fixture
 def run_inner(
-    pytester: pytest.Pytester, database_uri: str, monkeypatch: pytest.MonkeyPatch
+    database_uri: str, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> t.Callable[[str], pytest.RunResult]:
-    """Run a test file that uses the fixture against ``database_uri``."""
+    """Run a test file that uses the fixture against ``database_uri``.
+
+    ``database_uri`` comes before ``pytester``, which drops the modules
+    imported after it from ``sys.modules`` when it ends: SQLAlchemy's
+    PostgreSQL dialect imported again warns (an error here).
+    """
     monkeypatch.setenv("PLUGIN_TEST_DATABASE_URI", database_uri)
     pytester.makeini("[pytest]\nfilterwarnings =\n    error\n")
     pytester.makeconftest(CONFTEST)
