@@ -3,29 +3,62 @@ database."""
 
 from __future__ import annotations
 
-from .enqueue import TaskId
-from .exceptions import ConfigurationError
-from .exceptions import DuplicateTaskName
-from .exceptions import InvalidArgument
-from .exceptions import PlainQueueError
-from .exceptions import Retry
-from .exceptions import TaskDataError
-from .exceptions import TaskNotFound
-from .exceptions import TransferError
-from .exceptions import UniqueTaskWaiting
-from .exceptions import UnknownTask
-from .extension import PlainQueue
-from .info import Health
-from .info import PeriodicInfo
-from .info import QueueStatus
-from .info import Reason
-from .info import TaskInfo
-from .info import WorkerInfo
-from .schema import TaskState
-from .tasks import JSONValue
-from .tasks import TaskDefinition
-from .tasks import TaskOptions
-from .worker import Worker
+import importlib
+import typing as t
+
+if t.TYPE_CHECKING:
+    from .enqueue import TaskId as TaskId
+    from .exceptions import ConfigurationError as ConfigurationError
+    from .exceptions import DuplicateTaskName as DuplicateTaskName
+    from .exceptions import InvalidArgument as InvalidArgument
+    from .exceptions import PlainQueueError as PlainQueueError
+    from .exceptions import Retry as Retry
+    from .exceptions import TaskDataError as TaskDataError
+    from .exceptions import TaskNotFound as TaskNotFound
+    from .exceptions import TransferError as TransferError
+    from .exceptions import UniqueTaskWaiting as UniqueTaskWaiting
+    from .exceptions import UnknownTask as UnknownTask
+    from .extension import PlainQueue as PlainQueue
+    from .info import Health as Health
+    from .info import PeriodicInfo as PeriodicInfo
+    from .info import QueueStatus as QueueStatus
+    from .info import Reason as Reason
+    from .info import TaskInfo as TaskInfo
+    from .info import WorkerInfo as WorkerInfo
+    from .schema import TaskState as TaskState
+    from .tasks import JSONValue as JSONValue
+    from .tasks import TaskDefinition as TaskDefinition
+    from .tasks import TaskOptions as TaskOptions
+    from .worker import Worker as Worker
+
+# Imported on first use, not with the package: pytest imports the package for
+# its plugin (flask_plainqueue.testing) in every run of every project where it
+# is installed, and Flask and SQLAlchemy would cost that run most of a second.
+_EXPORTS = {
+    "ConfigurationError": "exceptions",
+    "DuplicateTaskName": "exceptions",
+    "InvalidArgument": "exceptions",
+    "JSONValue": "tasks",
+    "PlainQueue": "extension",
+    "PlainQueueError": "exceptions",
+    "QueueStatus": "info",
+    "Health": "info",
+    "PeriodicInfo": "info",
+    "Reason": "info",
+    "WorkerInfo": "info",
+    "Retry": "exceptions",
+    "TaskDataError": "exceptions",
+    "TaskDefinition": "tasks",
+    "TaskId": "enqueue",
+    "TaskInfo": "info",
+    "TaskNotFound": "exceptions",
+    "TaskOptions": "tasks",
+    "TaskState": "schema",
+    "TransferError": "exceptions",
+    "UniqueTaskWaiting": "exceptions",
+    "UnknownTask": "exceptions",
+    "Worker": "worker",
+}
 
 __all__ = [
     "ConfigurationError",
@@ -52,3 +85,16 @@ __all__ = [
     "Worker",
     "WorkerInfo",
 ]
+
+
+def __getattr__(name: str) -> t.Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -236,14 +236,17 @@ class PlainQueue(Enqueueing, TaskDecorators, QueueManagement, QueueOperations):
         if state is not None:
             state.forget(worker)
 
-    def drain(self) -> int:
-        """Run every due task of the current app the way the worker does, one
+    def drain(self, task: TaskDefinition[t.Any, t.Any] | str | None = None) -> int:
+        """Run every due task of the current app (only those of ``task``, a
+        definition or its name, when given) the way the worker does, one
         claimed batch at a time, until none is due; return how many attempts
         ran (failed ones count). For tests and scripts.
 
         :raises RuntimeError: no app context.
         """
-        return self._state().drain()
+        if task is None:
+            return self._state().drain()
+        return self._state().drain([self._definition(task).name])
 
     def start_worker(
         self, app: Flask | None = None, *, force: bool = False

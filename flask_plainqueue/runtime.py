@@ -93,9 +93,10 @@ class AppRuntime:
         finally:
             worker.close()
 
-    def drain(self) -> int:
-        """Run every due task, batch by batch, until none is due."""
-        worker = self.make_worker()
+    def drain(self, tasks: Sequence[str] | None = None) -> int:
+        """Run every due task (of the names ``tasks``), batch by batch, until
+        none is due."""
+        worker = self.make_worker(tasks=tasks)
         try:
             return worker.drain()
         finally:

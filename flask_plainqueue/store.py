@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from .backend import Backend
 from .backend import ChangeCallback
 from .backend import Watcher
+from .clock import Clock
 from .config import QueueConfig
 from .schema import Tables
 from .statements import claimed
@@ -75,8 +76,24 @@ class Store:
         self.statements = Statements(tables)
         self.backend = backend_for(engine, self.statements, config)
         #: The time due times, leases and ticks are computed on (see
-        #: :meth:`.Backend.clock`).
-        self.clock = self.backend.clock()
+        #: :meth:`.Backend.clock`); :meth:`use_clock` replaces it.
+        self.clock: Clock = self.backend.clock()
+
+    @contextlib.contextmanager
+    def use_clock(self, clock: Clock) -> Iterator[None]:
+        """Compute every time of the queue on ``clock`` in the block (the
+        testing plugin's controllable clock), then go back to the real one.
+
+        Every statement takes its time as a parameter, never from the
+        database's ``now()``, so this governs delays, retries, leases and
+        periodic ticks on every backend. Workers made in the block keep
+        ``clock``; workers made before it keep theirs.
+        """
+        real, self.clock = self.clock, clock
+        try:
+            yield
+        finally:
+            self.clock = real
 
     # -- transactions -------------------------------------------------------
 

@@ -13,6 +13,7 @@ import threading
 import time
 import typing as t
 import uuid
+from collections.abc import Iterable
 from collections.abc import Sequence
 
 from . import signals
@@ -66,6 +67,8 @@ class Worker:
     :param parts: the app's database, queue storage, task definitions (those
         this worker may run) and settings.
     :param queues: only claim tasks of these queues; ``None`` means all.
+    :param tasks: only claim tasks of these names; ``None`` means every
+        registered one.
     :param clock: returns the current UTC time; default the store's clock
         (the database's on PostgreSQL). Tests inject their own.
     :param kind: ``process`` or ``embedded``, as the workers table shows it.
@@ -80,6 +83,7 @@ class Worker:
         queues: Sequence[str] | None = None,
         clock: Clock | None = None,
         worker_id: str | None = None,
+        tasks: Iterable[str] | None = None,
         kind: str = "process",
     ) -> None:
         self.app = app
@@ -100,6 +104,8 @@ class Worker:
         self.config = config = parts.config
         self.concurrency = concurrency or config.concurrency
         self.queues = list(queues) if queues else None
+        #: The task names this worker claims; ``None``: every registered one.
+        self.tasks = None if tasks is None else frozenset(tasks)
         self.clock = clock or store.clock
         #: Recorded as ``lease_owner`` on the rows this worker claims.
         self.id = worker_id or new_worker_id()
@@ -458,7 +464,8 @@ class Worker:
             definitions = {
                 d.name: d
                 for d in self.registry
-                if not paused.holds(d.name, d.options.queue)
+                if (self.tasks is None or d.name in self.tasks)
+                and not paused.holds(d.name, d.options.queue)
             }
             self._claimable = (
                 (self.registry.version, paused),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import typing as t
 
 from flask import current_app
@@ -62,6 +63,16 @@ def cleanup(data: None) -> None:
 
 
 # [/bare]
+
+
+#: Stands in for the digests sent.
+digests: list[str] = []
+
+
+@queue.periodic(every=datetime.timedelta(days=1), name="daily_digest")
+def daily_digest() -> None:
+    """Runs at midnight UTC, once a day however many workers run."""
+    digests.append("digest")
 
 
 # [sign-up]

@@ -218,7 +218,7 @@ def test_testing_page_examples_pass(tmp_path: Path) -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 passed" in result.stdout
+    assert "6 passed" in result.stdout
 
 
 @pytest.fixture
