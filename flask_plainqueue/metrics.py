@@ -170,15 +170,27 @@ class QueueMetrics:
 
         ages = GaugeMetricFamily(
             "plainqueue_oldest_due_age_seconds",
-            "Seconds the longest-waiting due task of the queue has been due"
-            " (0: none is due).",
+            "Seconds the longest-waiting due task of the queue that is not paused"
+            " has been due (0: none).",
             labels=["queue"],
         )
         for queue_name in sorted({q for q, _ in keys}):
             due = sum(known[k][TaskState.PENDING] for k in keys if k[0] == queue_name)
-            # Only a queue with due tasks costs a read of its own.
-            age = queue.status(queue=queue_name).oldest_pending_age if due else None
-            ages.add_metric([queue_name], age or 0.0)
+            # Only a queue with due tasks costs a read of its own. The age is
+            # health()'s, so an alert on it agrees with `flask queue health
+            # --max-age` and a pause for a deploy pages nobody.
+            health = queue.health(queues=[queue_name]) if due else None
+            ages.add_metric([queue_name], (health and health.oldest_due_age) or 0.0)
+
+        paused = queue.paused()
+        paused_family = GaugeMetricFamily(
+            "plainqueue_paused",
+            "1 for each paused queue (kind=queue) and task name (kind=task).",
+            labels=["kind", "name"],
+        )
+        for kind, paused_names in (("queue", paused.queues), ("task", paused.tasks)):
+            for name in sorted(paused_names):
+                paused_family.add_metric([kind, name], 1)
 
         by_state = {state: 0 for state in WORKER_STATES}
         for worker in workers:
@@ -191,7 +203,7 @@ class QueueMetrics:
         for state_name, n in by_state.items():
             worker_family.add_metric([state_name], n)
 
-        families: list[Metric] = [tasks, ages, worker_family]
+        families: list[Metric] = [tasks, ages, paused_family, worker_family]
         counts = self.counts(app)
         defined = {(d.options.queue, d.name) for d in queue.registry}
         for outcome, metric, help_text in COUNTERS:

@@ -134,6 +134,10 @@ def test_scrape_after_drain(env: Env, tasks: datetime.datetime) -> None:
         # waits an hour for its retry.
         assert queue.drain() == 6
         queue.perform("m.slow", run_at=now - datetime.timedelta(seconds=90))
+        # Due but paused: counted, and left out of the age, as by health().
+        queue.perform("m.idle", run_at=now - datetime.timedelta(seconds=600))
+        queue.pause(queue="idle")
+        queue.pause(task="m.later")
         register_worker(env, "w-running", "running", age=1)
         register_worker(env, "w-stopping", "stopping", age=1)
         register_worker(env, "w-lost", "running", age=3600)
@@ -143,6 +147,7 @@ def test_scrape_after_drain(env: Env, tasks: datetime.datetime) -> None:
     assert types == {
         "plainqueue_tasks": "gauge",
         "plainqueue_oldest_due_age_seconds": "gauge",
+        "plainqueue_paused": "gauge",
         "plainqueue_workers": "gauge",
         "plainqueue_tasks_succeeded": "counter",
         "plainqueue_tasks_failed": "counter",
@@ -160,10 +165,12 @@ def test_scrape_after_drain(env: Env, tasks: datetime.datetime) -> None:
         **task_samples("default", "m.flaky", dead=1),
         **task_samples("slow", "m.later", scheduled=1),
         **task_samples("slow", "m.slow", pending=1),
-        **task_samples("idle", "m.idle"),
+        **task_samples("idle", "m.idle", pending=1),
         ("plainqueue_oldest_due_age_seconds", (("queue", "default"),)): 0.0,
         ("plainqueue_oldest_due_age_seconds", (("queue", "idle"),)): 0.0,
         ("plainqueue_oldest_due_age_seconds", (("queue", "slow"),)): 90.0,
+        ("plainqueue_paused", (("kind", "queue"), ("name", "idle"))): 1.0,
+        ("plainqueue_paused", (("kind", "task"), ("name", "m.later"))): 1.0,
         ("plainqueue_workers", (("state", "running"),)): 1.0,
         ("plainqueue_workers", (("state", "stopping"),)): 1.0,
         ("plainqueue_workers", (("state", "lost"),)): 1.0,
