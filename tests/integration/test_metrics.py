@@ -5,6 +5,7 @@ parser; counters kept per app; receivers connected only for metrics."""
 from __future__ import annotations
 
 import datetime
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -302,3 +303,33 @@ def test_other_senders_are_not_counted(env: Env, tasks: datetime.datetime) -> No
     signals.send(signals.task_succeeded, env.app, task_id=1, task="m.ok")
     _, samples = scrape(env.app)
     assert samples[ok] == 1
+
+
+EXAMPLE = Path(__file__).parents[2] / "docs" / "examples" / "metrics_app.py"
+
+
+def test_guarded_view_example(database_uri: str, tmp_path: Path) -> None:
+    """The operating page's example: the view answers only with the token."""
+    spec = importlib.util.spec_from_file_location("metrics_app", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    app = example.create_app(
+        SQLALCHEMY_DATABASE_URI=database_uri, METRICS_TOKEN="s3cret", TESTING=True
+    )
+    with app.app_context():
+        example.db.create_all()
+    try:
+        client = app.test_client()
+        assert client.get("/metrics").status_code == 401
+        wrong = {"Authorization": "Bearer s3cre"}
+        assert client.get("/metrics", headers=wrong).status_code == 401
+        right = {"Authorization": "Bearer s3cret"}
+        response = client.get("/metrics", headers=right)
+        assert response.status_code == 200
+        _, samples = parse(response.get_data(as_text=True))
+        assert samples[("plainqueue_workers", (("state", "running"),))] == 0
+    finally:
+        with app.app_context():
+            example.db.drop_all()
+            example.db.engine.dispose()
