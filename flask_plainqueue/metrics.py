@@ -9,6 +9,7 @@ package imports this module, so the core never does.
 
 from __future__ import annotations
 
+import logging
 import threading
 import typing as t
 import weakref
@@ -21,6 +22,7 @@ from flask.wrappers import Response
 
 from . import signals
 from .exceptions import ConfigurationError
+from .exceptions import InvalidArgument
 from .exceptions import UnknownTask
 from .info import STATES
 from .info import WORKER_STATES
@@ -68,6 +70,8 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
 )
 
 _Key = tuple[str, str]  # (queue, task name)
+
+logger = logging.getLogger(__name__)
 
 
 class QueueMetrics:
@@ -179,8 +183,14 @@ class QueueMetrics:
             # Only a queue with due tasks costs a read of its own. The age is
             # health()'s, so an alert on it agrees with `flask queue health
             # --max-age` and a pause for a deploy pages nobody.
-            health = queue.health(queues=[queue_name]) if due else None
-            ages.add_metric([queue_name], (health and health.oldest_due_age) or 0.0)
+            age = None
+            if due:
+                try:
+                    age = queue.health(queues=[queue_name]).oldest_due_age
+                except InvalidArgument:
+                    # A hand-written row's queue name that no task may have.
+                    logger.warning("Queue %r: its due age is not exported.", queue_name)
+            ages.add_metric([queue_name], age or 0.0)
 
         paused = queue.paused()
         paused_family = GaugeMetricFamily(
