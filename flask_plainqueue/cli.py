@@ -24,6 +24,8 @@ from .cli_periodic import add_periodic_commands
 from .cli_tasks import add_task_commands
 
 if t.TYPE_CHECKING:
+    from flask import Flask
+
     from .extension import PlainQueue
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,19 @@ def make_cli(queue: PlainQueue) -> AppGroup:
         " (default PLAINQUEUE_SHUTDOWN_GRACE).",
     )
     @click.option(
+        "--metrics-port",
+        type=click.IntRange(min=1, max=65535),
+        default=None,
+        help="Serve this process's Prometheus metrics on this port (needs the"
+        " prometheus extra).",
+    )
+    @click.option(
+        "--metrics-host",
+        default="127.0.0.1",
+        show_default=True,
+        help="The address --metrics-port listens on (0.0.0.0: every interface).",
+    )
+    @click.option(
         "--log-level",
         type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
         default="INFO",
@@ -68,6 +83,8 @@ def make_cli(queue: PlainQueue) -> AppGroup:
         burst: bool,
         queues: tuple[str, ...],
         grace: float | None,
+        metrics_port: int | None,
+        metrics_host: str,
         log_level: str,
     ) -> None:
         """Run a worker in this process until SIGTERM or SIGINT.
@@ -91,6 +108,8 @@ def make_cli(queue: PlainQueue) -> AppGroup:
             # Without this, a burst worker finds nothing due and exits 0: a
             # deploy step that runs it would pass with no table at all.
             raise click.ClickException(describe_missing_table())
+        if metrics_port is not None:
+            _serve_metrics(queue, app, metrics_host, metrics_port)
         worker = queue.worker(app, concurrency=concurrency, queues=queues or None)
         signals_seen = 0
 
@@ -124,6 +143,21 @@ def make_cli(queue: PlainQueue) -> AppGroup:
     add_periodic_commands(group, queue)
     add_ops_commands(group, queue)
     return group
+
+
+def _serve_metrics(queue: PlainQueue, app: Flask, host: str, port: int) -> None:
+    """Serve ``app``'s queue metrics from a daemon thread of this process: its
+    counters count the attempts this worker runs, which no web process sees."""
+    registry = queue.metrics_registry(app)  # ConfigurationError without the extra
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise click.ClickException(
+            f"--metrics-port: cannot listen on {host}:{port} ({exc.strerror or exc})."
+        ) from exc
+    logger.info("Serving Prometheus metrics on http://%s:%d/", host, port)
 
 
 def _configure_logging(level: str) -> None:

@@ -34,7 +34,11 @@ from .tasks import TaskRegistry
 from .worker import Worker
 
 if t.TYPE_CHECKING:
+    from flask.wrappers import Response
     from flask_sqlalchemy import SQLAlchemy
+    from prometheus_client.registry import CollectorRegistry
+
+    from .metrics import QueueMetrics
 
 _T = t.TypeVar("_T")
 
@@ -80,6 +84,7 @@ class PlainQueue(Enqueueing, TaskDecorators, QueueManagement, QueueOperations):
             weakref.WeakKeyDictionary()
         )
         self._dashboard_auth: Callable[[], bool] | None = None
+        self._metrics: QueueMetrics | None = None
         if db is not None and table is not None:
             self._tables = build_tables(db, table)
         if app is not None:
@@ -309,6 +314,51 @@ class PlainQueue(Enqueueing, TaskDecorators, QueueManagement, QueueOperations):
             )
         self._dashboard_auth = func
         return func
+
+    def metrics_view(self) -> Callable[[], Response]:
+        """A Flask view serving this queue's Prometheus metrics for the current
+        app, for the app to register on a route of its own (and guard as it
+        guards its other private URLs):
+
+        .. code-block:: python
+
+            app.add_url_rule("/metrics", view_func=queue.metrics_view())
+
+        The first call (in each process) starts counting finished attempts;
+        see :ref:`metrics`. Needs ``pip install 'flask-plainqueue[prometheus]'``.
+
+        :raises ConfigurationError: ``prometheus_client`` is not installed.
+
+        .. versionadded:: 0.1
+        """
+        metrics = self._metrics_state()
+
+        def plainqueue_metrics() -> Response:
+            return metrics.view()
+
+        return plainqueue_metrics
+
+    def metrics_registry(self, app: Flask | None = None) -> CollectorRegistry:
+        """The :class:`~prometheus_client.CollectorRegistry` holding only this
+        queue's metrics for ``app`` (default: the current app), e.g. for
+        ``prometheus_client.start_http_server(port, registry=...)`` in a
+        process that serves no Flask views. Starts counting like
+        :meth:`metrics_view`.
+
+        :raises ConfigurationError: ``prometheus_client`` is not installed.
+
+        .. versionadded:: 0.1
+        """
+        metrics = self._metrics_state()
+        return metrics.registry(self._state(app).app)
+
+    def _metrics_state(self) -> QueueMetrics:
+        # Imported here: prometheus_client is an optional dependency.
+        from .metrics import QueueMetrics
+
+        if self._metrics is None:
+            self._metrics = QueueMetrics(self)
+        return self._metrics
 
     def dashboard_check(self) -> Callable[[], bool] | None:
         """The current app's dashboard authorisation check, if any
