@@ -16,6 +16,7 @@ from .exceptions import UniqueTaskWaiting
 from .exceptions import UnknownTask
 from .extension import PlainQueue
 from .info import Health
+from .info import Paused
 from .info import PeriodicInfo
 from .info import QueueStatus
 from .info import Reason
@@ -33,6 +34,7 @@ __all__ = [
     "Health",
     "InvalidArgument",
     "JSONValue",
+    "Paused",
     "PeriodicInfo",
     "PlainQueue",
     "PlainQueueError",
