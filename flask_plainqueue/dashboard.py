@@ -39,10 +39,13 @@ from werkzeug.exceptions import HTTPException
 
 from .clock import utcnow
 from .dashboard_ops import add_operation_views
+from .dashboard_ops import MISSING_TABLES
+from .dashboard_ops import unless_missing
 from .exceptions import ConfigurationError
 from .exceptions import PlainQueueError
 from .info import format_age
 from .info import parse_id
+from .info import Paused
 from .info import STATES
 from .info import TaskInfo
 from .schema import TaskState
@@ -222,7 +225,10 @@ def make_blueprint(queue: PlainQueue, name: str = "plainqueue") -> Blueprint:
     def detail(task_id: str) -> ResponseReturnValue:
         info = existing(task_id)
         return render_template(
-            "plainqueue/detail.html", task=info, reason=queue.why(info.id)
+            "plainqueue/detail.html",
+            task=info,
+            reason=unless_missing(queue, lambda: queue.why(info.id)),
+            missing=MISSING_TABLES,
         )
 
     @bp.route("/tasks/<task_id>/retry", methods=["POST"])
@@ -253,7 +259,7 @@ def make_blueprint(queue: PlainQueue, name: str = "plainqueue") -> Blueprint:
         return render_template(
             "plainqueue/periodic.html",
             periodic=queue.periodic_tasks(),
-            paused=queue.paused(),
+            paused=unless_missing(queue, queue.paused) or Paused(),
         )
 
     @bp.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])

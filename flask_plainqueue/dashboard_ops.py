@@ -7,7 +7,9 @@ views, behind its authorisation check and CSRF protection."""
 from __future__ import annotations
 
 import typing as t
+from collections.abc import Callable
 
+import sqlalchemy as sa
 from flask import abort
 from flask import Blueprint
 from flask import flash
@@ -24,6 +26,26 @@ if t.TYPE_CHECKING:
 
 #: What a pause form may name.
 PAUSE_KINDS = ("queue", "task")
+#: Shown instead of the workers, pauses or a reason when their tables are
+#: missing.
+MISSING_TABLES = (
+    "The workers and pauses tables do not exist yet: create them with"
+    " db.create_all() or your migrations ('flask db upgrade'). Until then workers"
+    " are not listed and pauses are ignored."
+)
+
+_T = t.TypeVar("_T")
+
+
+def unless_missing(queue: PlainQueue, call: Callable[[], _T]) -> _T | None:
+    """``call()``, or ``None`` when a table it reads does not exist (an app
+    upgraded without its migration still shows its tasks)."""
+    try:
+        return call()
+    except sa.exc.DBAPIError as exc:
+        if queue.store().is_missing_table(exc):
+            return None
+        raise
 
 
 def add_operation_views(bp: Blueprint, queue: PlainQueue) -> None:
@@ -33,9 +55,10 @@ def add_operation_views(bp: Blueprint, queue: PlainQueue) -> None:
     def workers() -> ResponseReturnValue:
         return render_template(
             "plainqueue/workers.html",
-            workers=queue.workers(),
-            paused=queue.paused(),
+            workers=unless_missing(queue, queue.workers),
+            paused=unless_missing(queue, queue.paused),
             timeout=queue.settings().worker_timeout,
+            missing=MISSING_TABLES,
         )
 
     @bp.route("/pause", methods=["POST"])
@@ -54,13 +77,14 @@ def _change(queue: PlainQueue, *, pause: bool) -> ResponseReturnValue:
     name = request.form.get("name", "").strip()
     target = {kind: name}
     label = f"{kind.capitalize()} {name!r}"
+    change = queue.pause if pause else queue.resume
     try:
-        if pause:
-            changed = queue.pause(**target)
-        else:
-            changed = queue.resume(**target)
+        changed = unless_missing(queue, lambda: change(**target))
     except PlainQueueError as exc:
         flash(str(exc), "error")
+        return redirect(_back())
+    if changed is None:
+        flash(MISSING_TABLES, "error")
         return redirect(_back())
     if pause and changed:
         flash(

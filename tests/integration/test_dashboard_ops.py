@@ -294,3 +294,28 @@ def test_pause_forms_are_checked(dash: Dash) -> None:
         assert response.location == "/queue/", back
     kept = dash.post("resume", kind="task", name="d.ok", back="/queue/tasks?state=dead")
     assert kept.location == "/queue/tasks?state=dead"
+
+
+def test_without_the_workers_and_pauses_tables_the_pages_still_work(
+    dash: Dash,
+) -> None:
+    """An app upgraded without its migration: every page answers, and says
+    what is missing where it needs those tables."""
+    task_id = dash.queue.perform("d.ok", 1)
+    store = dash.queue.store()
+    store.tables.workers.drop(store.engine)
+    store.tables.pauses.drop(store.engine)
+
+    assert "d.ok" in dash.page("/queue/")
+    assert ">d.hourly</a>" in dash.page("/queue/periodic")
+    detail = dash.page(f"/queue/tasks/{task_id}")
+    assert "Why: unknown." in detail
+    assert "The workers and pauses tables do not exist yet" in detail
+    workers = dash.page("/queue/workers")
+    assert 'id="pq-missing">The workers and pauses tables do not exist' in workers
+    assert "No workers registered" not in workers
+
+    response = dash.post("pause", kind="task", name="d.ok")
+    assert response.status_code == 302
+    flashed = dash.page("/queue/").split('class="pq-flash pq-flash-error"')[1]
+    assert "The workers and pauses tables do not exist yet" in flashed
