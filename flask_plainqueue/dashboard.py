@@ -292,8 +292,9 @@ def make_blueprint(queue: PlainQueue, name: str = "plainqueue") -> Blueprint:
 
 
 def _here() -> str:
-    """The current page's path and query, for a form's ``back`` field."""
-    return request.full_path.rstrip("?")
+    """The current page's address (from the app's root, with its query), for
+    a form's ``back`` field."""
+    return request.script_root + request.full_path.rstrip("?")
 
 
 def _error_page(code: int, message: str, *, nav: bool = True) -> Response:

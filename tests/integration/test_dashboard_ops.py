@@ -319,3 +319,25 @@ def test_without_the_workers_and_pauses_tables_the_pages_still_work(
     assert response.status_code == 302
     flashed = dash.page("/queue/").split('class="pq-flash pq-flash-error"')[1]
     assert "The workers and pauses tables do not exist yet" in flashed
+
+
+def test_pause_forms_come_back_under_a_script_root(dash: Dash) -> None:
+    """Behind a proxy that mounts the app under a prefix (``SCRIPT_NAME``), the
+    form comes back to the page it was on, prefix included."""
+    base = "http://localhost/app/"
+    page = dash.client.get("/queue/periodic", base_url=base).text
+    assert 'name="back" value="/app/queue/periodic"' in page
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert token
+    response = dash.client.post(
+        "/queue/pause",
+        data={
+            "csrf_token": token[1],
+            "kind": "task",
+            "name": "d.hourly",
+            "back": "/app/queue/periodic",
+        },
+        base_url=base,
+    )
+    assert response.location == "/app/queue/periodic"
+    assert dash.queue.paused().tasks == {"d.hourly"}
