@@ -86,7 +86,7 @@ def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
     @errors_as_click
     def status(queue_name: str | None, as_json: bool) -> None:
         """Counts per task name, queue and state, the oldest due task's wait,
-        and the workers running tasks now."""
+        the workers running tasks now, and what is paused."""
         result = queue.status(queue=queue_name)
         if as_json:
             _echo_json(result.as_dict())
@@ -166,8 +166,9 @@ def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
         limit: int,
         as_json: bool,
     ) -> None:
-        """One line per task: id, name, queue, state, attempts, due (or
-        created) and the first line of its last error."""
+        """One line per task: id, name, queue, state ("pending (paused)"
+        while a pause holds it), attempts, due (or created) and the first line
+        of its last error."""
         chosen = _chosen_states(failed, states)
         tasks = queue.tasks(state=chosen, name=name, queue=queue_name, limit=limit)
         if as_json:
