@@ -20,6 +20,7 @@ if t.TYPE_CHECKING:
     from .exceptions import UnknownTask as UnknownTask
     from .extension import PlainQueue as PlainQueue
     from .info import Health as Health
+    from .info import Paused as Paused
     from .info import PeriodicInfo as PeriodicInfo
     from .info import QueueStatus as QueueStatus
     from .info import Reason as Reason
@@ -43,6 +44,7 @@ _EXPORTS = {
     "PlainQueueError": "exceptions",
     "QueueStatus": "info",
     "Health": "info",
+    "Paused": "info",
     "PeriodicInfo": "info",
     "Reason": "info",
     "WorkerInfo": "info",
@@ -66,6 +68,7 @@ __all__ = [
     "Health",
     "InvalidArgument",
     "JSONValue",
+    "Paused",
     "PeriodicInfo",
     "PlainQueue",
     "PlainQueueError",

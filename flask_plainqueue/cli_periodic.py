@@ -33,7 +33,8 @@ def add_periodic_commands(group: AppGroup, queue: PlainQueue) -> None:
     def periodic(as_json: bool) -> None:
         """One line per registered periodic task: its name, queue, schedule
         (the cron expression, in UTC unless a time zone is shown, or the
-        interval), the last tick a worker enqueued and the next tick (UTC)."""
+        interval), the last tick a worker enqueued and the next tick (UTC),
+        and whether it is paused."""
         infos = queue.periodic_tasks()
         if as_json:
             click.echo(
@@ -48,18 +49,24 @@ def add_periodic_commands(group: AppGroup, queue: PlainQueue) -> None:
         if not infos:
             click.echo("No periodic tasks are registered.")
             return
+        # A column for pauses only when something is paused, so the usual
+        # listing stays as it was.
+        any_paused = any(info.paused for info in infos)
         rows = [["NAME", "QUEUE", "SCHEDULE", "LAST TICK", "NEXT TICK"]]
+        if any_paused:
+            rows[0].append("PAUSED")
         for info in infos:
             schedule = info.schedule + (f" ({info.tz})" if info.tz else "")
-            rows.append(
-                [
-                    info.name,
-                    info.queue,
-                    schedule,
-                    _when(info.last_tick, "never"),
-                    _when(info.next_tick, "none"),
-                ]
-            )
+            row = [
+                info.name,
+                info.queue,
+                schedule,
+                _when(info.last_tick, "never"),
+                _when(info.next_tick, "none"),
+            ]
+            if any_paused:
+                row.append("paused" if info.paused else "")
+            rows.append(row)
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for index, row in enumerate(rows):
             line = "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row))

@@ -20,6 +20,7 @@ from .cli_params import TaskIdType
 from .exceptions import PlainQueueError
 from .exceptions import TransferError
 from .info import format_age
+from .info import Paused
 from .info import STATES
 from .info import TaskInfo
 from .schema import TaskState
@@ -85,7 +86,7 @@ def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
     @errors_as_click
     def status(queue_name: str | None, as_json: bool) -> None:
         """Counts per task name, queue and state, the oldest due task's wait,
-        and the workers running tasks now."""
+        the workers running tasks now, and what is paused."""
         result = queue.status(queue=queue_name)
         if as_json:
             _echo_json(result.as_dict())
@@ -101,18 +102,28 @@ def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
                 for queue_of, names in result.queues.items()
                 for name, counts in names.items()
             )
-            for name, queue_of, counts in per_name:
-                rows.append([name, queue_of, *(str(counts[s]) for s in STATES)])
+            paused = result.paused
+            marks = [_pause_mark(paused, name, q) for name, q, _ in per_name]
+            if any(marks):
+                header.append("PAUSED")
+            for (name, queue_of, counts), mark in zip(per_name, marks, strict=True):
+                row = [name, queue_of, *(str(counts[s]) for s in STATES)]
+                rows.append(row + [mark] if any(marks) else row)
             totals = result.totals
             rows.append(["(total)", "", *(str(totals[s]) for s in STATES)])
-            widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+            aligned = 2 + len(STATES)
+            widths = [max(len(r[i]) for r in rows) for i in range(aligned)]
             for index, row in enumerate(rows):
                 line = "  ".join(
                     cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i])
-                    for i, cell in enumerate(row)
+                    for i, cell in enumerate(row[:aligned])
                 )
+                if row[aligned:]:
+                    line = f"{line}  {row[aligned]}".rstrip()
                 click.echo(click.style(line, bold=True) if index == 0 else line)
         click.echo("")
+        if result.paused:
+            click.echo(f"Paused: {_describe_paused(result.paused)}")
         if result.oldest_pending_age is None:
             click.echo("Oldest pending: none (nothing is due)")
         else:
@@ -155,8 +166,9 @@ def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
         limit: int,
         as_json: bool,
     ) -> None:
-        """One line per task: id, name, queue, state, attempts, due (or
-        created) and the first line of its last error."""
+        """One line per task: id, name, queue, state ("pending (paused)"
+        while a pause holds it), attempts, due (or created) and the first line
+        of its last error."""
         chosen = _chosen_states(failed, states)
         tasks = queue.tasks(state=chosen, name=name, queue=queue_name, limit=limit)
         if as_json:
@@ -178,7 +190,7 @@ def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
                 [
                     str(info.id),
                     info.name,
-                    info.state.value,
+                    f"{info.state.value} (paused)" if info.paused else info.state.value,
                     info.queue,
                     str(info.attempts),
                     _when(info.run_at if waiting else info.created),
@@ -208,7 +220,11 @@ def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
         fields = [
             ("id", str(info.id)),
             ("name", info.name),
-            ("state", click.style(info.state.value, fg=_STATE_COLOURS[info.state])),
+            (
+                "state",
+                click.style(info.state.value, fg=_STATE_COLOURS[info.state])
+                + (" (paused)" if info.paused else ""),
+            ),
             ("queue", info.queue),
             ("priority", str(info.priority)),
             ("created", _when(info.created)),
@@ -428,6 +444,24 @@ def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
                 " app; its tasks were imported and wait for a worker that knows it.",
                 err=True,
             )
+
+
+def _pause_mark(paused: Paused, name: str, queue_name: str) -> str:
+    """What pauses a row's tasks: ``queue``, ``task``, both, or ``""``."""
+    return ", ".join(
+        kind
+        for kind, held in (
+            ("queue", queue_name in paused.queues),
+            ("task", name in paused.tasks),
+        )
+        if held
+    )
+
+
+def _describe_paused(paused: Paused) -> str:
+    parts = [f"queue {q!r}" for q in sorted(paused.queues)]
+    parts += [f"task {n!r}" for n in sorted(paused.tasks)]
+    return ", ".join(parts) + " ('flask queue resume' resumes)"
 
 
 def _describe(info: TaskInfo) -> str:

@@ -38,10 +38,14 @@ from itsdangerous import URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException
 
 from .clock import utcnow
+from .dashboard_ops import add_operation_views
+from .dashboard_ops import MISSING_TABLES
+from .dashboard_ops import unless_missing
 from .exceptions import ConfigurationError
 from .exceptions import PlainQueueError
 from .info import format_age
 from .info import parse_id
+from .info import Paused
 from .info import STATES
 from .info import TaskInfo
 from .schema import TaskState
@@ -146,6 +150,7 @@ def make_blueprint(queue: PlainQueue, name: str = "plainqueue") -> Blueprint:
             "when": _when,
             "back_url": queue.settings().dashboard_back_url,
             "refresh_seconds": AUTO_REFRESH_SECONDS,
+            "here": _here,
         }
 
     @bp.after_request
@@ -174,7 +179,13 @@ def make_blueprint(queue: PlainQueue, name: str = "plainqueue") -> Blueprint:
     @bp.route("/", strict_slashes=False)
     def overview() -> ResponseReturnValue:
         status = queue.status()
-        return render_template("plainqueue/overview.html", status=status)
+        per_queue = {
+            name: {s: sum(c[s] for c in names.values()) for s in STATES}
+            for name, names in status.queues.items()
+        }
+        return render_template(
+            "plainqueue/overview.html", status=status, per_queue=per_queue
+        )
 
     @bp.route("/tasks")
     def tasks() -> ResponseReturnValue:
@@ -212,7 +223,13 @@ def make_blueprint(queue: PlainQueue, name: str = "plainqueue") -> Blueprint:
 
     @bp.route("/tasks/<task_id>")
     def detail(task_id: str) -> ResponseReturnValue:
-        return render_template("plainqueue/detail.html", task=existing(task_id))
+        info = existing(task_id)
+        return render_template(
+            "plainqueue/detail.html",
+            task=info,
+            reason=unless_missing(queue, lambda: queue.why(info.id)),
+            missing=MISSING_TABLES,
+        )
 
     @bp.route("/tasks/<task_id>/retry", methods=["POST"])
     def retry(task_id: str) -> ResponseReturnValue:
@@ -240,7 +257,9 @@ def make_blueprint(queue: PlainQueue, name: str = "plainqueue") -> Blueprint:
     @bp.route("/periodic")
     def periodic() -> ResponseReturnValue:
         return render_template(
-            "plainqueue/periodic.html", periodic=queue.periodic_tasks()
+            "plainqueue/periodic.html",
+            periodic=queue.periodic_tasks(),
+            paused=unless_missing(queue, queue.paused) or Paused(),
         )
 
     @bp.route("/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
@@ -268,7 +287,14 @@ def make_blueprint(queue: PlainQueue, name: str = "plainqueue") -> Blueprint:
         flash(f"{len(retried)} dead task(s){scope} will run again now.", "ok")
         return redirect(url_for(".tasks", state="dead", name=name or None))
 
+    add_operation_views(bp, queue)
     return bp
+
+
+def _here() -> str:
+    """The current page's address (from the app's root, with its query), for
+    a form's ``back`` field."""
+    return request.script_root + request.full_path.rstrip("?")
 
 
 def _error_page(code: int, message: str, *, nav: bool = True) -> Response:

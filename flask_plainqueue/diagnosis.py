@@ -12,9 +12,9 @@ import sqlalchemy as sa
 from .admin import get_task
 from .clock import as_utc
 from .info import Health
+from .info import Paused
 from .info import Reason
 from .info import WorkerInfo
-from .roster import Paused
 from .roster import Roster
 from .schema import STATUS_QUEUED
 from .schema import TaskState

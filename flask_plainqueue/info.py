@@ -53,6 +53,10 @@ class TaskInfo:
     #: that value as text; their fields above hold a placeholder (0, or
     #: 1970-01-01 for a timestamp).
     invalid: t.Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: It is pending (due) and waits only because its task name or its queue
+    #: is paused (see :meth:`~flask_plainqueue.PlainQueue.pause`). A scheduled
+    #: task of a paused name is marked once it is due.
+    paused: bool = False
 
     @property
     def data_pretty(self) -> str:
@@ -86,6 +90,29 @@ class TaskInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class Paused:
+    """The paused queues and task names, as
+    :meth:`~flask_plainqueue.PlainQueue.paused` returns them.
+
+    .. versionadded:: 0.1
+    """
+
+    queues: frozenset[str] = frozenset()
+    tasks: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.queues or self.tasks)
+
+    def holds(self, name: str, queue: str) -> bool:
+        """Whether a task ``name`` of ``queue`` waits because of a pause."""
+        return name in self.tasks or queue in self.queues
+
+    def as_dict(self) -> dict[str, list[str]]:
+        """``{"queues": [...], "tasks": [...]}``, each sorted."""
+        return {"queues": sorted(self.queues), "tasks": sorted(self.tasks)}
+
+
+@dataclasses.dataclass(frozen=True)
 class QueueStatus:
     """Counts per task name and state, and how far behind the queue is.
 
@@ -106,6 +133,8 @@ class QueueStatus:
     )
     #: The queue the status was limited to, or ``None`` for all.
     queue: str | None = None
+    #: The paused queues and task names (all of them, whatever ``queue``).
+    paused: Paused = dataclasses.field(default_factory=Paused)
 
     @property
     def totals(self) -> dict[TaskState, int]:
@@ -131,6 +160,7 @@ class QueueStatus:
                 for queue, names in self.queues.items()
             },
             "queue": self.queue,
+            "paused": self.paused.as_dict(),
         }
 
 
@@ -160,6 +190,8 @@ class PeriodicInfo:
     last_tick: datetime.datetime | None
     #: The schedule's first tick after now, or ``None`` if it has none.
     next_tick: datetime.datetime | None
+    #: Its task name or its queue is paused: its ticks are not enqueued.
+    paused: bool = False
 
     def as_dict(self) -> dict[str, t.Any]:
         """A JSON-friendly dict (datetimes as ISO 8601 UTC), as ``flask queue

@@ -4,19 +4,24 @@ stored tasks. ``flask queue`` and the dashboard use only these."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import typing as t
 from collections.abc import Collection
 from collections.abc import Iterable
+
+import sqlalchemy as sa
 
 from . import admin
 from . import transfer
 from .exceptions import InvalidArgument
 from .exceptions import ScheduleError
 from .info import format_age
+from .info import Paused
 from .info import PeriodicInfo
 from .info import QueueStatus
 from .info import TaskInfo
+from .roster import Roster
 from .schema import TaskState
 
 if t.TYPE_CHECKING:
@@ -48,7 +53,10 @@ class QueueManagement:
 
         .. versionadded:: 0.1
         """
-        return admin.get_task(self.store(), _checked_id(task_id))
+        info = admin.get_task(self.store(), _checked_id(task_id))
+        if info is None:
+            return None
+        return _marked([info], self._pauses())[0]
 
     def tasks(
         self,
@@ -61,11 +69,12 @@ class QueueManagement:
     ) -> list[TaskInfo]:
         """Stored tasks in ``state`` (one or several; default all), of task
         ``name`` and ``queue`` (default all). Dead tasks come newest failure
-        first, others in claim order.
+        first, others in claim order. A pending task held by a pause has
+        :attr:`TaskInfo.paused <flask_plainqueue.TaskInfo.paused>` set.
 
         .. versionadded:: 0.1
         """
-        return admin.list_tasks(
+        found = admin.list_tasks(
             self.store(),
             states=_states(state),
             name=name,
@@ -73,6 +82,7 @@ class QueueManagement:
             limit=limit,
             offset=offset,
         )
+        return _marked(found, self._pauses()) if found else found
 
     def count(
         self,
@@ -98,20 +108,25 @@ class QueueManagement:
 
     def status(self, *, queue: str | None = None) -> QueueStatus:
         """Counts per task name, queue and state, the oldest due task, and the
-        workers running tasks now; of ``queue`` only if given.
+        workers running tasks now; of ``queue`` only if given. Its
+        :attr:`~flask_plainqueue.QueueStatus.paused` holds every paused queue
+        and task name.
 
         .. versionadded:: 0.1
         """
-        return admin.status(self.store(), queue=queue)
+        result = admin.status(self.store(), queue=queue)
+        return dataclasses.replace(result, paused=self._pauses())
 
     def periodic_tasks(self) -> list[PeriodicInfo]:
         """The registered periodic tasks, sorted by name, each with its
-        schedule, the last tick a worker enqueued and the next tick.
+        schedule, the last tick a worker enqueued and the next tick, and
+        whether it is paused (its name or its queue).
 
         .. versionadded:: 0.1
         """
         store = self.store()
         ticks = admin.last_ticks(store)
+        paused = self._pauses()
         now = store.clock()
         result = []
         for definition in sorted(self.registry, key=lambda d: d.name):
@@ -136,9 +151,21 @@ class QueueManagement:
                     catch_up=definition.catch_up,
                     last_tick=ticks.get(definition.name),
                     next_tick=upcoming,
+                    paused=paused.holds(definition.name, definition.options.queue),
                 )
             )
         return result
+
+    def _pauses(self) -> Paused:
+        store = self.store()
+        try:
+            return Roster(store).paused()
+        except sa.exc.DBAPIError as exc:
+            # An app upgraded without its migration has no pauses table; its
+            # workers ignore pauses, so nothing is paused.
+            if store.is_missing_table(exc):
+                return Paused()
+            raise
 
     def tables_exist(self) -> bool:
         """Whether the queue's tables exist in the current app's database
@@ -271,6 +298,19 @@ class QueueManagement:
         )
         self.wake_workers()
         return result
+
+
+def _marked(infos: list[TaskInfo], paused: Paused) -> list[TaskInfo]:
+    """``infos`` with :attr:`TaskInfo.paused` set on the pending ones a pause
+    holds (like ``why``, a task counts as paused once it is due)."""
+    if not paused:
+        return infos
+    return [
+        dataclasses.replace(info, paused=True)
+        if info.state is TaskState.PENDING and paused.holds(info.name, info.queue)
+        else info
+        for info in infos
+    ]
 
 
 def _checked_id(task_id: object) -> int:

@@ -11,9 +11,9 @@ from . import diagnosis
 from . import validate
 from .exceptions import InvalidArgument
 from .info import Health
+from .info import Paused
 from .info import Reason
 from .info import WorkerInfo
-from .roster import Paused
 from .roster import Roster
 from .tasks import MAX_QUEUE_LENGTH
 

@@ -18,6 +18,9 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from .clock import as_utc
+
+# Re-exported: presence and worker import it from here.
+from .info import Paused as Paused
 from .schema import STATUS_QUEUED
 
 if t.TYPE_CHECKING:
@@ -43,21 +46,6 @@ class WorkerRow:
     state: str
     started: datetime.datetime
     heartbeat: datetime.datetime
-
-
-@dataclasses.dataclass(frozen=True)
-class Paused:
-    """The paused queues and task names."""
-
-    queues: frozenset[str] = frozenset()
-    tasks: frozenset[str] = frozenset()
-
-    def __bool__(self) -> bool:
-        return bool(self.queues or self.tasks)
-
-    def holds(self, name: str, queue: str) -> bool:
-        """Whether a task ``name`` of ``queue`` waits because of a pause."""
-        return name in self.tasks or queue in self.queues
 
 
 class Roster:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import threading
 import typing as t
 
 from flask import Flask
@@ -51,6 +52,17 @@ def fail(data: t.Any) -> None:
     ):
         return
     raise ValueError(message)
+
+
+#: Set to let every running ``ops.wait`` task return (in-process tests).
+released = threading.Event()
+
+
+@queue.task(name="ops.wait")
+def wait(data: t.Any) -> None:
+    """Runs until :data:`released` is set (at most a minute), so a page can
+    show it running."""
+    released.wait(60)
 
 
 @queue.task(name="emails.send_welcome", batch_size=5)

@@ -131,6 +131,7 @@ def test_status_json_per_queue(ops: Ops) -> None:
     assert sorted(data) == [
         "oldest_pending_age",
         "oldest_pending_id",
+        "paused",
         "queue",
         "queues",
         "tasks",
@@ -298,6 +299,7 @@ def test_periodic_command(ops: Ops) -> None:
         "last_tick",
         "name",
         "next_tick",
+        "paused",
         "queue",
         "schedule",
         "tz",

@@ -11,6 +11,7 @@ Skips where Chromium, chromedriver or Selenium is absent.
 
 from __future__ import annotations
 
+import datetime
 import os
 import threading
 import typing as t
@@ -21,9 +22,12 @@ import pytest
 from flask import Flask
 from helpers import APPS
 from helpers import TIMEOUT
+from helpers import wait_for
 from werkzeug.serving import make_server
 
 from flask_plainqueue import PlainQueue
+from flask_plainqueue.roster import Roster
+from flask_plainqueue.roster import WorkerRow
 
 pytestmark = pytest.mark.browser
 
@@ -415,3 +419,101 @@ def test_auto_refresh_reloads_the_page_while_ticked(browser: t.Any, site: Site) 
     )
     browser.refresh()
     assert not browser.find_element(By.ID, "pq-autorefresh").is_selected()
+
+
+# -- operations: workers, pause and resume, why ------------------------------------
+
+
+def test_workers_page_pause_resume_and_why(browser: t.Any, site: Site) -> None:
+    import opsapp
+    from selenium.webdriver.common.by import By
+
+    queue = site.queue
+    opsapp.released.clear()
+    # A real worker in a thread of this process, registered as every worker is.
+    worker = queue.worker(site.app)
+    thread = threading.Thread(target=worker.run, name="ops-worker", daemon=True)
+    thread.start()
+    try:
+        (real,) = wait_for(queue.workers, message="the worker's registration")
+        # A worker that stopped beating five minutes ago, for the lost state.
+        store = queue.store()
+        beat = store.clock() - datetime.timedelta(minutes=5)
+        Roster(store).register(
+            WorkerRow(
+                id="jobs-2:3120:5be0c1a2d4f6",
+                host="jobs-2",
+                pid=3120,
+                kind="process",
+                queues=("default",),
+                tasks=("ops.ok",),
+                concurrency=5,
+                version=real.version,
+                state="running",
+                started=beat - datetime.timedelta(hours=2),
+                heartbeat=beat,
+            )
+        )
+        held = queue.perform("ops.wait", {"export": "contacts.csv"})
+        wait_for(
+            lambda: any(held in w.running for w in queue.workers()),
+            message="the worker running the task",
+        )
+
+        log_in(browser, site)
+        browser.find_element(By.ID, "pq-nav-workers").click()
+        wait_text(browser, "h1", "Workers")
+        row = browser.find_element(By.XPATH, f"//tr[td/code[text()='{worker.id}']]")
+        badge = row.find_element(By.CSS_SELECTOR, ".pq-badge")
+        assert badge.text == "running"
+        # The state is coloured: green running, red lost.
+        green = badge.value_of_css_property("background-color")
+        lost = browser.find_element(
+            By.XPATH,
+            "//tr[td/code[text()='jobs-2:3120:5be0c1a2d4f6']]//*[@class]"
+            "[contains(@class, 'pq-badge')]",
+        )
+        assert lost.text == "lost"
+        assert lost.value_of_css_property("background-color") != green
+        assert "ago" in row.text
+        row.find_element(By.LINK_TEXT, str(held))  # links to the running task
+        screenshot(browser, site, "dashboard-workers")
+
+        # Pause the task name on the overview; a new task of it waits.
+        browser.find_element(By.ID, "pq-nav-overview").click()
+        wait_text(browser, "h1", "Overview")
+        pause = browser.find_element(
+            By.XPATH, "//tr[td/a[text()='ops.wait']]//button[text()='Pause']"
+        )
+        pause.click()
+        wait_text(browser, ".pq-flash", "Task 'ops.wait' is paused")
+        assert queue.paused().tasks == {"ops.wait"}
+        row = browser.find_element(By.XPATH, "//tr[td/a[text()='ops.wait']]")
+        assert "paused" in row.find_element(By.CSS_SELECTOR, ".pq-paused").text
+        assert "ops.wait" in browser.find_element(By.ID, "pq-paused").text
+        screenshot(browser, site, "dashboard-paused")
+
+        waiting = queue.perform("ops.wait", {"export": "invoices.csv"})
+        browser.get(f"{site.url}/queue/tasks/{waiting}")
+        why = browser.find_element(By.ID, "pq-why")
+        assert browser.find_element(By.ID, "pq-why-code").text == "task-paused"
+        assert "Task 'ops.wait' is paused" in why.text
+        screenshot(browser, site, "dashboard-why")
+
+        # Resume from the overview: the worker takes the waiting task.
+        browser.find_element(By.ID, "pq-nav-overview").click()
+        wait_text(browser, "h1", "Overview")
+        browser.find_element(
+            By.XPATH, "//tr[td/a[text()='ops.wait']]//button[text()='Resume']"
+        ).click()
+        wait_text(browser, ".pq-flash", "Task 'ops.wait' is resumed.")
+        assert not queue.paused()
+        assert browser.find_elements(By.CSS_SELECTOR, ".pq-counts .pq-paused") == []
+        opsapp.released.set()
+        wait_for(lambda: queue.count() == 0, message="both tasks run")
+        browser.get(f"{site.url}/queue/tasks/{waiting}")
+        assert browser.title.startswith("404 Not found")
+    finally:
+        opsapp.released.set()
+        worker.stop(0)
+        thread.join(TIMEOUT)
