@@ -3,6 +3,8 @@ database."""
 
 from __future__ import annotations
 
+from .current import current_task
+from .current import CurrentTask
 from .enqueue import TaskId
 from .exceptions import ConfigurationError
 from .exceptions import DuplicateTaskName
@@ -29,6 +31,7 @@ from .worker import Worker
 
 __all__ = [
     "ConfigurationError",
+    "CurrentTask",
     "DuplicateTaskName",
     "Health",
     "InvalidArgument",
@@ -51,4 +54,5 @@ __all__ = [
     "UnknownTask",
     "Worker",
     "WorkerInfo",
+    "current_task",
 ]

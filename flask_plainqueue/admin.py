@@ -7,6 +7,8 @@ SQLAlchemy Core, and never touches ``current_app``. A task's
 :class:`~.schema.TaskState` is derived from its row at a given time ``now``:
 
 - ``dead``: ``status`` is ``'dead'`` (out of retries);
+- ``succeeded``: ``status`` is ``'succeeded'`` (kept with its result until
+  ``run_at``);
 - ``running``: claimed (``lease_owner`` set) and the lease has not expired
   (``run_at > now``);
 - ``pending``: due (``run_at <= now``), including a row whose lease expired;
@@ -31,6 +33,7 @@ from .info import TaskInfo
 from .info import valid_id
 from .schema import STATUS_DEAD
 from .schema import STATUS_QUEUED
+from .schema import STATUS_SUCCEEDED
 from .schema import TaskState
 from .store import DELETE_BATCH
 
@@ -49,6 +52,7 @@ def _state_expr(store: Store, now: datetime.datetime) -> sa.ColumnElement[str]:
     c = store.table.c
     return sa.case(
         (c.status == STATUS_DEAD, TaskState.DEAD.value),
+        (c.status == STATUS_SUCCEEDED, TaskState.SUCCEEDED.value),
         (
             sa.and_(c.lease_owner.is_not(None), c.run_at > now),
             TaskState.RUNNING.value,
@@ -60,7 +64,11 @@ def _state_expr(store: Store, now: datetime.datetime) -> sa.ColumnElement[str]:
 
 def _not_running(store: Store, now: datetime.datetime) -> sa.ColumnElement[bool]:
     c = store.table.c
-    return sa.or_(c.status == STATUS_DEAD, c.lease_owner.is_(None), c.run_at <= now)
+    return sa.or_(
+        c.status.in_((STATUS_DEAD, STATUS_SUCCEEDED)),
+        c.lease_owner.is_(None),
+        c.run_at <= now,
+    )
 
 
 def _columns(store: Store, now: datetime.datetime) -> list[sa.ColumnElement[t.Any]]:
@@ -82,6 +90,9 @@ def _columns(store: Store, now: datetime.datetime) -> list[sa.ColumnElement[t.An
         c.failed_error,
         c.lease_owner,
         c.unique_key,
+        c.result,
+        c.progress,
+        sa.type_coerce(c.finished, sa.String).label("finished"),
     ]
 
 
@@ -125,6 +136,9 @@ def _info(row: sa.Row[t.Any]) -> TaskInfo:
         error=None if m["failed_error"] is None else displayable(m["failed_error"]),
         lease_owner=None if m["lease_owner"] is None else displayable(m["lease_owner"]),
         unique_key=None if m["unique_key"] is None else displayable(m["unique_key"]),
+        result_json=None if m["result"] is None else displayable(m["result"]),
+        progress_json=None if m["progress"] is None else displayable(m["progress"]),
+        finished=when("finished"),
         invalid=invalid,
     )
 
@@ -220,6 +234,8 @@ def _conditions(
         if values == [TaskState.DEAD.value]:
             # The common "failed" view uses the status column directly.
             where.append(c.status == STATUS_DEAD)
+        elif values == [TaskState.SUCCEEDED.value]:
+            where.append(c.status == STATUS_SUCCEEDED)
         else:
             where.append(_state_expr(store, now).in_(values))
     if name:
@@ -265,13 +281,16 @@ def list_tasks(
     now: datetime.datetime | None = None,
 ) -> list[TaskInfo]:
     """Tasks in ``states`` (default all) of task ``name`` and ``queue`` (default
-    all). Dead tasks come newest failure first; others in claim order
+    all). Dead tasks come newest failure first, succeeded ones newest first;
+    others in claim order
     (priority, due time, id)."""
     now = now or store.clock()
     c = store.table.c
     stmt = _filtered(store, sa.select(*_columns(store, now)), now, states, name, queue)
     if states and set(states) == {TaskState.DEAD}:
         stmt = stmt.order_by(c.failed_last.desc(), c.id.desc())
+    elif states and set(states) == {TaskState.SUCCEEDED}:
+        stmt = stmt.order_by(c.finished.desc(), c.id.desc())
     else:
         stmt = stmt.order_by(c.priority.desc(), c.run_at, c.id)
     stmt = stmt.limit(max(0, limit)).offset(max(0, offset))
@@ -335,7 +354,8 @@ def retry(
     """Make tasks that are not running due now with their failure count reset;
     return the ids that were changed (not running, not gone), in order.
 
-    Dead tasks come back to life; waiting ones are moved up to now. A task with
+    Dead tasks come back to life; waiting ones are moved up to now; a
+    succeeded one is left alone (perform it again instead). A task with
     a ``unique_key`` is skipped while another task with the same key waits
     (the unique index would refuse it): see :func:`retry_one`.
     """
@@ -352,7 +372,11 @@ def retry(
     }
     changed: list[int] = []
     with store.write() as conn:
-        base = sa.update(store.table).where(_not_running(store, now)).values(**values)
+        base = (
+            sa.update(store.table)
+            .where(_not_running(store, now), c.status != STATUS_SUCCEEDED)
+            .values(**values)
+        )
         # Rows without a unique key cannot conflict: one statement for all.
         changed.extend(
             conn.execute(
@@ -487,6 +511,12 @@ def purge_dead(
                 sa.select(sa.func.count()).select_from(store.table).where(where)
             ).scalar_one()
         )
+
+
+def prune_succeeded(store: Store, now: datetime.datetime | None = None) -> int:
+    """Delete succeeded tasks whose ``keep_succeeded`` period ended; return how
+    many."""
+    return store.delete_expired(now or store.clock())
 
 
 def _cutoff(

@@ -17,6 +17,7 @@ STATES: tuple[TaskState, ...] = (
     TaskState.PENDING,
     TaskState.SCHEDULED,
     TaskState.RUNNING,
+    TaskState.SUCCEEDED,
     TaskState.DEAD,
 )
 
@@ -49,10 +50,36 @@ class TaskInfo:
     #: The worker holding the task (``host:pid:random``), if claimed.
     lease_owner: str | None
     unique_key: str | None
+    #: The stored JSON text of a kept succeeded task's return value (see
+    #: :attr:`result`).
+    result_json: str | None = None
+    #: The stored JSON text of the last progress the task reported (see
+    #: :attr:`progress`).
+    progress_json: str | None = None
+    #: When it succeeded (kept succeeded tasks only).
+    finished: datetime.datetime | None = None
     #: Columns whose stored value could not be read (a hand-written row), with
     #: that value as text; their fields above hold a placeholder (0, or
     #: 1970-01-01 for a timestamp).
     invalid: t.Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def result(self) -> t.Any:
+        """The task's return value, decoded (``None`` until it succeeds, when it
+        is not kept, or when it returned something that is not JSON).
+
+        .. versionadded:: 0.1
+        """
+        return _decoded(self.result_json)
+
+    @property
+    def progress(self) -> t.Any:
+        """The last value the task reported with
+        ``current_task.report_progress``, decoded, or ``None``.
+
+        .. versionadded:: 0.1
+        """
+        return _decoded(self.progress_json)
 
     @property
     def data_pretty(self) -> str:
@@ -75,9 +102,12 @@ class TaskInfo:
         result = dataclasses.asdict(self)
         result["invalid"] = dict(self.invalid)
         result["state"] = self.state.value
-        for key in ("created", "run_at", "failed_last"):
+        for key in ("created", "run_at", "failed_last", "finished"):
             value = result[key]
             result[key] = None if value is None else value.isoformat()
+        del result["result_json"], result["progress_json"]
+        result["result"] = self.result
+        result["progress"] = self.progress
         try:
             result["data"] = None if self.data is None else json.loads(self.data)
         except (ValueError, RecursionError):
@@ -169,6 +199,17 @@ class PeriodicInfo:
             value = result[key]
             result[key] = None if value is None else value.isoformat()
         return result
+
+
+def _decoded(text: str | None) -> t.Any:
+    """Stored JSON text decoded; text that is not JSON (a hand-written row) as
+    it is."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
 
 
 def error_summary(error: str | None) -> str:
@@ -320,6 +361,7 @@ class Health:
 
 #: The reason codes :class:`Reason` gives, in the order they are checked.
 REASON_CODES = (
+    "succeeded",
     "dead",
     "running",
     "leased-by-lost-worker",
