@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import dataclasses
+import threading
 import typing as t
+from collections.abc import Callable
 from collections.abc import Iterator
 
 
@@ -20,22 +21,54 @@ class ProgressSink(t.Protocol):
 
     def report(self, value: object) -> None: ...
 
+    def close(self) -> str | None: ...
 
-@dataclasses.dataclass
+    def flush_and_close(self) -> None: ...
+
+
 class TaskContext:
-    """What :data:`current_task` knows of one attempt."""
+    """What :data:`current_task` knows of one attempt.
 
-    id: int
-    name: str
-    attempt: int
-    progress: ProgressSink
-    #: Set for a failure callback: whether another attempt follows.
-    will_retry: bool = False
+    :param open_sink: makes the attempt's progress writer, on its first
+        report: most tasks never report, and an attempt must stay cheap.
+    """
+
+    __slots__ = ("id", "name", "attempt", "will_retry", "_open_sink", "sink")
+
+    def __init__(
+        self,
+        id: int,
+        name: str,
+        attempt: int,
+        open_sink: Callable[[], ProgressSink],
+    ) -> None:
+        self.id = id
+        self.name = name
+        self.attempt = attempt
+        #: Set for a failure callback: whether another attempt follows.
+        self.will_retry = False
+        self._open_sink = open_sink
+        #: The progress writer, once the task reported something.
+        self.sink: ProgressSink | None = None
+
+    @property
+    def progress(self) -> ProgressSink:
+        """The attempt's progress writer, made on first use."""
+        if self.sink is None:
+            with _opening:
+                if self.sink is None:
+                    self.sink = self._open_sink()
+        return self.sink
 
 
+_opening = threading.Lock()
 _current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
     "plainqueue_current_task", default=None
 )
+#: Make a context the current task: ``token = enter(context)``, later
+#: ``leave(token)`` (cheaper than a ``with`` block on every attempt).
+enter = _current.set
+leave = _current.reset
 
 
 @contextlib.contextmanager

@@ -215,19 +215,22 @@ class TaskRunner:
                 return Failure(
                     task.id, task.attempts, format_error(exc), self._now(), True
                 )
-            atomic = definition.options.atomic
-            progress = ProgressWriter(
-                self.store,
-                self.id,
-                task,
-                deferred=atomic and self.store.backend.write_locks_database,
+            deferred = (
+                definition.options.atomic and self.store.backend.write_locks_database
             )
-            context = TaskContext(task.id, task.name, task.attempts, progress)
+            context = TaskContext(
+                task.id,
+                task.name,
+                task.attempts,
+                lambda: ProgressWriter(self.store, self.id, task, deferred=deferred),
+            )
+            token = current.enter(context)
             try:
-                with running(context):
-                    return self._run(definition, task, data, context, progress)
+                return self._run(definition, task, data, context)
             finally:
-                progress.close()
+                current.leave(token)
+                if context.sink is not None:
+                    context.sink.close()
 
     def _run(
         self,
@@ -235,7 +238,6 @@ class TaskRunner:
         task: ClaimedTask,
         data: t.Any,
         context: TaskContext,
-        progress: ProgressWriter,
     ) -> Outcome:
         extra = {"task_id": task.id, "task": task.name}
         self._send(signals.task_started, task_id=task.id, task=task.name)
@@ -261,8 +263,9 @@ class TaskRunner:
                 session.rollback()
             if self._discard_if_timed_out(task):
                 return SETTLED
-            # The last progress is written before the failure is.
-            progress.flush_and_close()
+            if context.sink is not None:
+                # The last progress is written before the failure is.
+                context.sink.flush_and_close()
             if isinstance(exc, Retry):
                 return self._retry_requested(definition, task, exc, duration)
             return self._failed(definition, task, data, exc, duration)
@@ -289,7 +292,7 @@ class TaskRunner:
         keep = self.config.keep_succeeded if keep is None else keep
         # Kept: the held progress is written with the outcome; not kept,
         # the row is deleted and its progress with it.
-        held = progress.close()
+        held = None if context.sink is None else context.sink.close()
         outcome: Outcome = COMPLETED
         if keep:
             outcome = kept(task, value, keep=keep, now=self._now(), progress=held)
@@ -461,7 +464,7 @@ class TaskRunner:
                 # A timeout recorded from the batch's thread.
                 writer = ProgressWriter(self.store, self.id, task, deferred=True)
                 writer.close()
-                context = TaskContext(task.id, task.name, task.attempts, writer)
+                context = TaskContext(task.id, task.name, task.attempts, lambda: writer)
             context.will_retry = not dead
             try:
                 with running(context):

@@ -174,7 +174,12 @@ def test_kept_tasks_are_pruned_after_their_keep(env: Env) -> None:
     env.queue.drain()
     assert _statuses(env) == ["succeeded", "succeeded"]
     pruned: list[int] = []
-    wait_for(lambda: pruned.append(env.queue.prune()) or sum(pruned) == 1)
+
+    def prune() -> bool:
+        pruned.append(env.queue.prune())
+        return sum(pruned) == 1
+
+    wait_for(prune)
     assert env.queue.get(a) is None
     info = env.queue.get(b)
     assert info is not None and info.result == 2
