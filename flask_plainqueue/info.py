@@ -82,15 +82,19 @@ class TaskInfo:
         return _decoded(self.progress_json)
 
     @property
+    def result_pretty(self) -> str | None:
+        """The result as indented JSON, or ``None`` if none is stored."""
+        return None if self.result_json is None else pretty_json(self.result_json)
+
+    @property
+    def progress_pretty(self) -> str | None:
+        """The progress as indented JSON, or ``None`` if none was reported."""
+        return None if self.progress_json is None else pretty_json(self.progress_json)
+
+    @property
     def data_pretty(self) -> str:
         """The data as indented JSON (the raw text if it is not valid JSON)."""
-        if self.data is None:
-            return "null"
-        try:
-            value = json.loads(self.data)
-        except (ValueError, RecursionError):
-            return self.data
-        return displayable(json.dumps(value, indent=2, ensure_ascii=False))
+        return "null" if self.data is None else pretty_json(self.data)
 
     @property
     def error_summary(self) -> str:
@@ -199,6 +203,15 @@ class PeriodicInfo:
             value = result[key]
             result[key] = None if value is None else value.isoformat()
         return result
+
+
+def pretty_json(text: str) -> str:
+    """Stored JSON text indented (as it is if it is not valid JSON)."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+    return displayable(json.dumps(value, indent=2, ensure_ascii=False))
 
 
 def _decoded(text: str | None) -> t.Any:
