@@ -508,7 +508,10 @@ def scenarios(s: Settings) -> list[Scenario]:
                     },
                     "ours",
                 )
-                for label, succeeded in ((big, s.kept), (f"{s.scale_take:,} waiting", 0))
+                for label, succeeded in (
+                    (big, s.kept),
+                    (f"{s.scale_take:,} waiting", 0),
+                )
             ),
             primary=big,
             note="Target: at least 0.9x the rate without kept rows.",
