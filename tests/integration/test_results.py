@@ -4,6 +4,8 @@ and the public read API, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import datetime
+import io
+import json
 import logging
 import threading
 import time
@@ -447,3 +449,19 @@ def test_wait_times_out_and_returns_none_when_gone(env: Env) -> None:
         env.queue.wait(task_id, timeout=-1)
     with pytest.raises(InvalidArgument, match="task_id must be an int"):
         env.queue.wait(t.cast(t.Any, "1"))
+
+
+def test_kept_succeeded_tasks_are_never_exported(env: Env) -> None:
+    @env.queue.task(name="done", keep_succeeded=60)
+    def done() -> int:
+        return 1
+
+    env.queue.perform(done)
+    env.queue.drain()
+    env.queue.perform(done, delay=3600)
+    for include_dead in (False, True):
+        out = io.StringIO()
+        exported = env.queue.export_tasks(out, include_dead=include_dead)
+        assert exported.count == 1
+        records = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert [r["status"] for r in records] == ["queued"]
