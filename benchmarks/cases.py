@@ -15,6 +15,7 @@ CASES = (
     "idle",
     "realistic",
     "scale",
+    "kept",
     "names",
     "memory",
 )
@@ -61,6 +62,7 @@ class Settings:
     mem_n: int
     scale_waiting: int
     scale_take: int
+    kept: int
     names_due: int
     names_take: int
     samples: int
@@ -481,6 +483,40 @@ def scenarios(s: Settings) -> list[Scenario]:
                 primary=f"{s.scale_waiting:,} waiting + {s.scale_waiting:,} dead",
             )
         )
+    # Kept succeeded rows (keep_succeeded) must not slow claims: the worker
+    # keeps what it runs in both rows, so only the stored rows differ.
+    big = f"{s.kept:,} succeeded kept + {s.scale_take:,} waiting"
+    out.append(
+        Scenario(
+            "kept",
+            "kept-b1",
+            f"SQLite: claim throughput with kept succeeded tasks, batch_size=1,"
+            f" first {s.scale_take:,} tasks",
+            ("rate",),
+            tuple(
+                Contender(
+                    label,
+                    f"{OURS}:scale",
+                    {
+                        "waiting": s.scale_take,
+                        "dead": 0,
+                        "succeeded": succeeded,
+                        "keep": 3600.0,
+                        "take": s.scale_take,
+                        "batch": 1,
+                        "cache_dir": s.cache_dir,
+                    },
+                    "ours",
+                )
+                for label, succeeded in (
+                    (big, s.kept),
+                    (f"{s.scale_take:,} waiting", 0),
+                )
+            ),
+            primary=big,
+            note="Target: at least 0.9x the rate without kept rows.",
+        )
+    )
     for engine, label in (("sqlite", "SQLite"), ("postgresql", "PostgreSQL")):
         where = {"engine": engine, "pg_url": s.pg_url} if engine != "sqlite" else {}
         base = "1 name, 1,000 due"

@@ -75,6 +75,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " holds just these (default 5000)",
     )
     parser.add_argument(
+        "--kept",
+        type=int,
+        default=1_000_000,
+        help="kept succeeded tasks in the kept case's table (default 1000000)",
+    )
+    parser.add_argument(
         "--names-due",
         type=int,
         default=100_000,
@@ -174,6 +180,7 @@ def run(args: argparse.Namespace, log: t.Callable[[str], None]) -> dict[str, t.A
         mem_n=args.mem_n,
         scale_waiting=args.scale_waiting,
         scale_take=args.scale_take,
+        kept=args.kept,
         names_due=args.names_due,
         names_take=args.names_take,
         samples=args.samples,

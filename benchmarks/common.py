@@ -37,13 +37,16 @@ def fill_sqlite_queue(
     name: str = TASK_NAME,
     data: t.Callable[[int], str] | None = None,
     start: int = 0,
+    run_at: datetime.datetime | None = None,
 ) -> None:
-    """Append ``count`` due rows to our queue table in ``path`` with one
-    ``executemany`` (the table must exist: see :func:`create_schema`)."""
+    """Append ``count`` due rows (due at ``run_at``, for a kept succeeded row
+    its expiry) to our queue table in ``path`` with one ``executemany`` (the
+    table must exist: see :func:`create_schema`)."""
     now = sqlite_time(datetime.datetime.now(UTC) - datetime.timedelta(seconds=1))
+    due = now if run_at is None else sqlite_time(run_at)
     make = data or (lambda i: json.dumps({"i": i}))
     rows = (
-        (name, "default", 0, make(i), now, now, status, 0, 0)
+        (name, "default", 0, make(i), now, due, status, 0, 0)
         for i in range(start, start + count)
     )
     conn = sqlite3.connect(path, isolation_level=None)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import random
@@ -21,6 +22,8 @@ from .common import fill_sqlite_queue
 from .common import percentile
 from .common import TABLE
 from .common import TASK_NAME
+
+UTC = datetime.timezone.utc
 
 WORK = ["-m", "flask", "--app", "benchmarks.ourapp:create_app", "queue", "work"]
 
@@ -423,12 +426,15 @@ def scale(
     take: int,
     batch: int,
     cache_dir: str,
+    succeeded: int = 0,
+    keep: float = 0.0,
 ) -> dict[str, t.Any]:
     """Steady claim throughput over the first ``take`` of ``waiting`` tasks, with
-    ``dead`` dead rows beside them: the clock runs from the end of the first fifth
-    (when SQLite's page cache is warm) to the last. The big table is built once
-    per run and copied."""
-    template = Path(cache_dir) / f"scale-{waiting}-{dead}.db"
+    ``dead`` dead rows and ``succeeded`` kept succeeded rows (expiring in a day)
+    beside them, the worker keeping what it runs for ``keep`` seconds: the
+    clock runs from the end of the first fifth (when SQLite's page cache is
+    warm) to the last. The big table is built once per run and copied."""
+    template = Path(cache_dir) / f"scale-{waiting}-{dead}-{succeeded}.db"
     db_path = workdir / "bench.db"
     uri = f"sqlite:///{db_path}"
     if not template.exists():
@@ -443,6 +449,15 @@ def scale(
             ourapp.db.engine.dispose()
         if dead:
             fill_sqlite_queue(building, dead, status="dead")
+        expires = datetime.datetime.now(UTC) + datetime.timedelta(days=1)
+        for start in range(0, succeeded, 250_000):
+            fill_sqlite_queue(
+                building,
+                min(250_000, succeeded - start),
+                status="succeeded",
+                run_at=expires,
+                start=start,
+            )
         for start in range(0, waiting, 250_000):
             fill_sqlite_queue(building, min(250_000, waiting - start), start=start)
         building.rename(template)
@@ -455,7 +470,12 @@ def scale(
     finally:
         os.close(fd)
     return _steady_rate(
-        workdir, uri, take, timeout=max(120.0, take / 100), BENCH_BATCH=batch
+        workdir,
+        uri,
+        take,
+        timeout=max(120.0, take / 100),
+        BENCH_BATCH=batch,
+        BENCH_KEEP=keep,
     )
 
 

@@ -13,6 +13,7 @@ Configured by environment variables, so every measuring process builds the same 
                       ``bench_task_00``, ... running the same body)
 ``BENCH_SYNC``        ``PLAINQUEUE_SQLITE_SYNCHRONOUS``
 ``BENCH_CONCURRENCY`` ``PLAINQUEUE_CONCURRENCY`` (default 1: the peers run one thread)
+``BENCH_KEEP``        ``PLAINQUEUE_KEEP_SUCCEEDED`` (default 0: succeeded tasks are deleted)
 ``BENCH_DIR``         where the start barrier and results live (unset: no barrier)
 """
 
@@ -115,6 +116,7 @@ def create_app() -> Flask:
         PLAINQUEUE_POLL_INTERVAL=float(os.environ.get("BENCH_POLL", "1.0")),
         # One claim loop, as the peers run one thread.
         PLAINQUEUE_CONCURRENCY=int(os.environ.get("BENCH_CONCURRENCY", "1")),
+        PLAINQUEUE_KEEP_SUCCEEDED=float(os.environ.get("BENCH_KEEP", "0")),
     )
     db.init_app(app)
     queue.init_app(app)

@@ -7,6 +7,8 @@ import importlib
 import typing as t
 
 if t.TYPE_CHECKING:
+    from .current import current_task as current_task
+    from .current import CurrentTask as CurrentTask
     from .enqueue import TaskId as TaskId
     from .exceptions import ConfigurationError as ConfigurationError
     from .exceptions import DuplicateTaskName as DuplicateTaskName
@@ -37,6 +39,8 @@ if t.TYPE_CHECKING:
 # is installed, and Flask and SQLAlchemy would cost that run most of a second.
 _EXPORTS = {
     "ConfigurationError": "exceptions",
+    "CurrentTask": "current",
+    "current_task": "current",
     "DuplicateTaskName": "exceptions",
     "InvalidArgument": "exceptions",
     "JSONValue": "tasks",
@@ -64,6 +68,7 @@ _EXPORTS = {
 
 __all__ = [
     "ConfigurationError",
+    "CurrentTask",
     "DuplicateTaskName",
     "Health",
     "InvalidArgument",
@@ -87,6 +92,7 @@ __all__ = [
     "UnknownTask",
     "Worker",
     "WorkerInfo",
+    "current_task",
 ]
 
 

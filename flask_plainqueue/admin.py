@@ -3,14 +3,8 @@
 dashboard) runs.
 
 Every function takes a :class:`~.store.Store`, builds its statements with
-SQLAlchemy Core, and never touches ``current_app``. A task's
-:class:`~.schema.TaskState` is derived from its row at a given time ``now``:
-
-- ``dead``: ``status`` is ``'dead'`` (out of retries);
-- ``running``: claimed (``lease_owner`` set) and the lease has not expired
-  (``run_at > now``);
-- ``pending``: due (``run_at <= now``), including a row whose lease expired;
-- ``scheduled``: waiting for a later ``run_at`` (a delay or a retry back-off).
+SQLAlchemy Core, and never touches ``current_app``. How a row's state is
+worked out is in :mod:`.rows`.
 """
 
 from __future__ import annotations
@@ -22,15 +16,16 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 
+from . import rows
 from .clock import as_utc
 from .exceptions import UniqueTaskWaiting
-from .info import displayable
 from .info import QueueStatus
 from .info import STATES
 from .info import TaskInfo
 from .info import valid_id
 from .schema import STATUS_DEAD
 from .schema import STATUS_QUEUED
+from .schema import STATUS_SUCCEEDED
 from .schema import TaskState
 from .store import DELETE_BATCH
 
@@ -40,97 +35,6 @@ if t.TYPE_CHECKING:
 #: Tasks changed per transaction by :func:`retry_dead`, so a big retry never
 #: holds the write lock for long.
 RETRY_BATCH = 1000
-
-
-# -- state ------------------------------------------------------------------
-
-
-def _state_expr(store: Store, now: datetime.datetime) -> sa.ColumnElement[str]:
-    c = store.table.c
-    return sa.case(
-        (c.status == STATUS_DEAD, TaskState.DEAD.value),
-        (
-            sa.and_(c.lease_owner.is_not(None), c.run_at > now),
-            TaskState.RUNNING.value,
-        ),
-        (c.run_at <= now, TaskState.PENDING.value),
-        else_=TaskState.SCHEDULED.value,
-    )
-
-
-def _not_running(store: Store, now: datetime.datetime) -> sa.ColumnElement[bool]:
-    c = store.table.c
-    return sa.or_(c.status == STATUS_DEAD, c.lease_owner.is_(None), c.run_at <= now)
-
-
-def _columns(store: Store, now: datetime.datetime) -> list[sa.ColumnElement[t.Any]]:
-    c = store.table.c
-    return [
-        c.id,
-        c.name,
-        c.queue,
-        c.priority,
-        _state_expr(store, now).label("state"),
-        c.data,
-        # Read as stored, so one corrupt timestamp (a hand-written row on
-        # SQLite) is shown as it is instead of failing the whole query.
-        sa.type_coerce(c.created, sa.String).label("created"),
-        sa.type_coerce(c.run_at, sa.String).label("run_at"),
-        c.attempts,
-        c.failed_nr,
-        sa.type_coerce(c.failed_last, sa.String).label("failed_last"),
-        c.failed_error,
-        c.lease_owner,
-        c.unique_key,
-    ]
-
-
-def _info(row: sa.Row[t.Any]) -> TaskInfo:
-    """A row as :class:`TaskInfo`, whatever a hand-written row holds: a value
-    that cannot be read is kept, as text, in ``TaskInfo.invalid``."""
-    m = row._mapping
-    invalid: dict[str, str] = {}
-
-    def when(key: str) -> datetime.datetime | None:
-        value = m[key]
-        if value is None or isinstance(value, datetime.datetime):
-            return None if value is None else as_utc(value)
-        try:
-            return as_utc(datetime.datetime.fromisoformat(str(value)))
-        except ValueError:
-            invalid[key] = displayable(str(value))
-            return None
-
-    def whole(key: str) -> int:
-        value = m[key]
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        invalid[key] = displayable(str(value))
-        return 0
-
-    created = when("created")
-    run_at = when("run_at")
-    return TaskInfo(
-        id=int(m["id"]),
-        name=displayable(m["name"]),
-        queue=displayable(m["queue"]),
-        priority=whole("priority"),
-        state=TaskState(m["state"]),
-        data=None if m["data"] is None else displayable(m["data"]),
-        created=created or _UNREADABLE,
-        run_at=run_at or _UNREADABLE,
-        attempts=whole("attempts"),
-        failed_nr=whole("failed_nr"),
-        failed_last=when("failed_last"),
-        error=None if m["failed_error"] is None else displayable(m["failed_error"]),
-        lease_owner=None if m["lease_owner"] is None else displayable(m["lease_owner"]),
-        unique_key=None if m["unique_key"] is None else displayable(m["unique_key"]),
-        invalid=invalid,
-    )
-
-
-#: Stands in for a timestamp that cannot be read (see ``TaskInfo.invalid``).
-_UNREADABLE = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 
 # -- reading ----------------------------------------------------------------
@@ -144,7 +48,7 @@ def status(
     now = now or store.clock()
     c = store.table.c
     in_queue = [] if queue is None else [c.queue == queue]
-    state = _state_expr(store, now).label("state")
+    state = rows.state_expr(store, now).label("state")
     counts_stmt = (
         sa.select(c.name, c.queue, state, sa.func.count().label("n"))
         .where(*in_queue)
@@ -202,8 +106,8 @@ def last_ticks(store: Store) -> dict[str, datetime.datetime]:
     """``{periodic task name: its last tick}`` as the workers recorded them."""
     p = store.tables.periodic.c
     with store.read() as conn:
-        rows = conn.execute(sa.select(p.name, p.last_tick)).all()
-    return {name: as_utc(tick) for name, tick in rows}
+        ticks = conn.execute(sa.select(p.name, p.last_tick)).all()
+    return {name: as_utc(tick) for name, tick in ticks}
 
 
 def _conditions(
@@ -220,8 +124,10 @@ def _conditions(
         if values == [TaskState.DEAD.value]:
             # The common "failed" view uses the status column directly.
             where.append(c.status == STATUS_DEAD)
+        elif values == [TaskState.SUCCEEDED.value]:
+            where.append(c.status == STATUS_SUCCEEDED)
         else:
-            where.append(_state_expr(store, now).in_(values))
+            where.append(rows.state_expr(store, now).in_(values))
     if name:
         where.append(c.name == name)
     if queue:
@@ -265,18 +171,23 @@ def list_tasks(
     now: datetime.datetime | None = None,
 ) -> list[TaskInfo]:
     """Tasks in ``states`` (default all) of task ``name`` and ``queue`` (default
-    all). Dead tasks come newest failure first; others in claim order
+    all). Dead tasks come newest failure first, succeeded ones newest first;
+    others in claim order
     (priority, due time, id)."""
     now = now or store.clock()
     c = store.table.c
-    stmt = _filtered(store, sa.select(*_columns(store, now)), now, states, name, queue)
+    stmt = _filtered(
+        store, sa.select(*rows.columns(store, now)), now, states, name, queue
+    )
     if states and set(states) == {TaskState.DEAD}:
         stmt = stmt.order_by(c.failed_last.desc(), c.id.desc())
+    elif states and set(states) == {TaskState.SUCCEEDED}:
+        stmt = stmt.order_by(c.finished.desc(), c.id.desc())
     else:
         stmt = stmt.order_by(c.priority.desc(), c.run_at, c.id)
     stmt = stmt.limit(max(0, limit)).offset(max(0, offset))
     with store.read() as conn:
-        return [_info(row) for row in conn.execute(stmt)]
+        return [rows.info(row) for row in conn.execute(stmt)]
 
 
 def count_tasks(
@@ -318,10 +229,10 @@ def get_task(
     if key is None:
         return None
     now = now or store.clock()
-    stmt = sa.select(*_columns(store, now)).where(store.table.c.id == key)
+    stmt = sa.select(*rows.columns(store, now)).where(store.table.c.id == key)
     with store.read() as conn:
         row = conn.execute(stmt).first()
-    return None if row is None else _info(row)
+    return None if row is None else rows.info(row)
 
 
 # -- changing ---------------------------------------------------------------
@@ -335,7 +246,8 @@ def retry(
     """Make tasks that are not running due now with their failure count reset;
     return the ids that were changed (not running, not gone), in order.
 
-    Dead tasks come back to life; waiting ones are moved up to now. A task with
+    Dead tasks come back to life; waiting ones are moved up to now; a
+    succeeded one is left alone (perform it again instead). A task with
     a ``unique_key`` is skipped while another task with the same key waits
     (the unique index would refuse it): see :func:`retry_one`.
     """
@@ -352,7 +264,11 @@ def retry(
     }
     changed: list[int] = []
     with store.write() as conn:
-        base = sa.update(store.table).where(_not_running(store, now)).values(**values)
+        base = (
+            sa.update(store.table)
+            .where(rows.not_running(store, now), c.status != STATUS_SUCCEEDED)
+            .values(**values)
+        )
         # Rows without a unique key cannot conflict: one statement for all.
         changed.extend(
             conn.execute(
@@ -430,7 +346,7 @@ def delete(
     c = store.table.c
     stmt = (
         sa.delete(store.table)
-        .where(c.id.in_(keys), _not_running(store, now))
+        .where(c.id.in_(keys), rows.not_running(store, now))
         .returning(c.id)
     )
     with store.write() as conn:
@@ -454,7 +370,7 @@ def delete_matching(
     if dry_run:
         return count_tasks(store, states=states, name=name, queue=queue, now=now)
     where = sa.and_(
-        _not_running(store, now), *_conditions(store, now, states, name, queue)
+        rows.not_running(store, now), *_conditions(store, now, states, name, queue)
     )
     stmt = store.statements.delete_batch(where, DELETE_BATCH)
     total = 0
@@ -487,6 +403,12 @@ def purge_dead(
                 sa.select(sa.func.count()).select_from(store.table).where(where)
             ).scalar_one()
         )
+
+
+def prune_succeeded(store: Store, now: datetime.datetime | None = None) -> int:
+    """Delete succeeded tasks whose ``keep_succeeded`` period ended; return how
+    many."""
+    return store.delete_expired(now or store.clock())
 
 
 def _cutoff(

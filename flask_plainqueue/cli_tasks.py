@@ -32,6 +32,7 @@ _STATE_COLOURS = {
     TaskState.PENDING: "cyan",
     TaskState.SCHEDULED: "blue",
     TaskState.RUNNING: "green",
+    TaskState.SUCCEEDED: "magenta",
     TaskState.DEAD: "red",
 }
 #: The most rows ``list`` shows at once.
@@ -232,6 +233,7 @@ def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
             ("attempts", str(info.attempts)),
             ("failures", str(info.failed_nr)),
             ("failed last", _when(info.failed_last)),
+            ("finished", _when(info.finished)),
             ("lease owner", info.lease_owner or "-"),
             ("unique key", info.unique_key or "-"),
         ]
@@ -250,6 +252,14 @@ def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
         click.echo("")
         click.echo(click.style("data:", bold=True))
         click.echo(info.data_pretty)
+        for label, text in (
+            ("progress", info.progress_pretty),
+            ("result", info.result_pretty),
+        ):
+            if text is not None:
+                click.echo("")
+                click.echo(click.style(f"{label}:", bold=True))
+                click.echo(text)
         if info.error:
             click.echo("")
             click.echo(click.style("last error:", bold=True))

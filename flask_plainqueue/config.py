@@ -28,6 +28,7 @@ DEFAULTS: Mapping[str, t.Any] = {
     "PLAINQUEUE_SQLITE_SYNCHRONOUS": "NORMAL",
     "PLAINQUEUE_SQLITE_BUSY_TIMEOUT": 30.0,
     "PLAINQUEUE_KEEP_FAILED": 30 * 24 * 3600.0,
+    "PLAINQUEUE_KEEP_SUCCEEDED": 0.0,
     "PLAINQUEUE_NOTIFY": True,
     "PLAINQUEUE_DASHBOARD": False,
     "PLAINQUEUE_DASHBOARD_URL": "/queue",
@@ -46,6 +47,7 @@ RANGES: Mapping[str, tuple[float, float]] = {
     "PLAINQUEUE_WORKER_TIMEOUT": (0.0, 86400.0),
     "PLAINQUEUE_SQLITE_BUSY_TIMEOUT": (0.0, 86400.0),
     "PLAINQUEUE_KEEP_FAILED": (0.0, validate.MAX_SECONDS),
+    "PLAINQUEUE_KEEP_SUCCEEDED": (0.0, validate.MAX_SECONDS),
 }
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -75,6 +77,9 @@ class QueueConfig:
     sqlite_busy_timeout: float = 30.0
     #: Seconds dead tasks are kept before the worker prunes them; ``None`` keeps.
     keep_failed: float | None = 30 * 24 * 3600.0
+    #: Seconds a succeeded task is kept with its result (the default of each
+    #: task's ``keep_succeeded``); 0 deletes it at once.
+    keep_succeeded: float = 0.0
     #: PostgreSQL: ``perform`` sends NOTIFY and idle workers LISTEN.
     notify: bool = True
     dashboard: bool = False
@@ -170,6 +175,7 @@ class QueueConfig:
             keep_failed=(
                 None if keep_failed is None else _seconds(c, "PLAINQUEUE_KEEP_FAILED")
             ),
+            keep_succeeded=_seconds(c, "PLAINQUEUE_KEEP_SUCCEEDED"),
             notify=_flag(c, "PLAINQUEUE_NOTIFY"),
             dashboard=_flag(c, "PLAINQUEUE_DASHBOARD"),
             dashboard_url=dashboard_url.rstrip("/"),

@@ -147,6 +147,13 @@ def why(
             failed_nr=info.failed_nr,
             failed_last=info.failed_last,
         )
+    if info.state is TaskState.SUCCEEDED:
+        return reason(
+            "succeeded",
+            "It succeeded and is kept with its result until"
+            f" {info.run_at.isoformat()}.",
+            finished=info.finished,
+        )
     every = workers(store, config, now)
     by_id = {w.id: w for w in every}
     if info.state is TaskState.RUNNING:

@@ -46,15 +46,24 @@ def encode(name: str, data: object) -> str:
         the message says why.
     """
     try:
-        _check(data, 0)
-        text = _encode(data)
+        return to_json(data)
     except (TypeError, ValueError, RecursionError) as exc:
         raise _data_error(name, str(exc) or type(exc).__name__) from exc
+
+
+def to_json(value: object) -> str:
+    """``value`` as the JSON text the queue stores (task data, a result, a
+    progress value).
+
+    :raises ValueError: it is not a JSON value that survives the round trip;
+        the message says why (a :class:`TypeError` for a type JSON lacks).
+    """
+    _check(value, 0)
+    text = _encode(value)
     if not text.isascii() and not validate.is_utf8(text):
-        raise _data_error(
-            name,
+        raise ValueError(
             "a string holds a lone surrogate (e.g. '\\ud800'), which cannot be"
-            " stored as UTF-8",
+            " stored as UTF-8"
         )
     return text
 

@@ -17,6 +17,7 @@ STATES: tuple[TaskState, ...] = (
     TaskState.PENDING,
     TaskState.SCHEDULED,
     TaskState.RUNNING,
+    TaskState.SUCCEEDED,
     TaskState.DEAD,
 )
 
@@ -49,6 +50,14 @@ class TaskInfo:
     #: The worker holding the task (``host:pid:random``), if claimed.
     lease_owner: str | None
     unique_key: str | None
+    #: The stored JSON text of a kept succeeded task's return value (see
+    #: :attr:`result`).
+    result_json: str | None = None
+    #: The stored JSON text of the last progress the task reported (see
+    #: :attr:`progress`).
+    progress_json: str | None = None
+    #: When it succeeded (kept succeeded tasks only).
+    finished: datetime.datetime | None = None
     #: Columns whose stored value could not be read (a hand-written row), with
     #: that value as text; their fields above hold a placeholder (0, or
     #: 1970-01-01 for a timestamp).
@@ -59,15 +68,37 @@ class TaskInfo:
     paused: bool = False
 
     @property
+    def result(self) -> t.Any:
+        """The task's return value, decoded (``None`` until it succeeds, when it
+        is not kept, or when it returned something that is not JSON).
+
+        .. versionadded:: 0.1
+        """
+        return _decoded(self.result_json)
+
+    @property
+    def progress(self) -> t.Any:
+        """The last value the task reported with
+        ``current_task.report_progress``, decoded, or ``None``.
+
+        .. versionadded:: 0.1
+        """
+        return _decoded(self.progress_json)
+
+    @property
+    def result_pretty(self) -> str | None:
+        """The result as indented JSON, or ``None`` if none is stored."""
+        return None if self.result_json is None else pretty_json(self.result_json)
+
+    @property
+    def progress_pretty(self) -> str | None:
+        """The progress as indented JSON, or ``None`` if none was reported."""
+        return None if self.progress_json is None else pretty_json(self.progress_json)
+
+    @property
     def data_pretty(self) -> str:
         """The data as indented JSON (the raw text if it is not valid JSON)."""
-        if self.data is None:
-            return "null"
-        try:
-            value = json.loads(self.data)
-        except (ValueError, RecursionError):
-            return self.data
-        return displayable(json.dumps(value, indent=2, ensure_ascii=False))
+        return "null" if self.data is None else pretty_json(self.data)
 
     @property
     def error_summary(self) -> str:
@@ -79,9 +110,12 @@ class TaskInfo:
         result = dataclasses.asdict(self)
         result["invalid"] = dict(self.invalid)
         result["state"] = self.state.value
-        for key in ("created", "run_at", "failed_last"):
+        for key in ("created", "run_at", "failed_last", "finished"):
             value = result[key]
             result[key] = None if value is None else value.isoformat()
+        del result["result_json"], result["progress_json"]
+        result["result"] = self.result
+        result["progress"] = self.progress
         try:
             result["data"] = None if self.data is None else json.loads(self.data)
         except (ValueError, RecursionError):
@@ -201,6 +235,26 @@ class PeriodicInfo:
             value = result[key]
             result[key] = None if value is None else value.isoformat()
         return result
+
+
+def pretty_json(text: str) -> str:
+    """Stored JSON text indented (as it is if it is not valid JSON)."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+    return displayable(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _decoded(text: str | None) -> t.Any:
+    """Stored JSON text decoded; text that is not JSON (a hand-written row) as
+    it is."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
 
 
 def error_summary(error: str | None) -> str:
@@ -352,6 +406,7 @@ class Health:
 
 #: The reason codes :class:`Reason` gives, in the order they are checked.
 REASON_CODES = (
+    "succeeded",
     "dead",
     "running",
     "leased-by-lost-worker",

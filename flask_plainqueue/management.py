@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import time
 import typing as t
 from collections.abc import Collection
 from collections.abc import Iterable
@@ -14,6 +15,7 @@ import sqlalchemy as sa
 
 from . import admin
 from . import transfer
+from . import validate
 from .exceptions import InvalidArgument
 from .exceptions import ScheduleError
 from .info import format_age
@@ -30,6 +32,11 @@ if t.TYPE_CHECKING:
     from .config import QueueConfig
     from .store import Store
     from .tasks import TaskRegistry
+
+
+#: The longest pause between two looks at the task in :meth:`QueueManagement.wait`.
+WAIT_MAX_INTERVAL = 0.5
+_FINISHED = (TaskState.SUCCEEDED, TaskState.DEAD)
 
 
 class QueueManagement:
@@ -57,6 +64,45 @@ class QueueManagement:
         if info is None:
             return None
         return _marked([info], self._pauses())[0]
+
+    def wait(
+        self, task_id: int, *, timeout: float | datetime.timedelta | None = None
+    ) -> TaskInfo | None:
+        """Block until task ``task_id`` has succeeded or is dead and return it;
+        ``None`` if it is not stored (it succeeded and was not kept, was
+        deleted or pruned, or never existed). A worker must run it meanwhile:
+        this only watches, polling the database (every 10 ms at first, backing
+        off to every :data:`WAIT_MAX_INTERVAL` seconds). For scripts and tests.
+
+        :param timeout: seconds (or a timedelta) to wait at most; ``None``
+            waits as long as it takes.
+        :raises TimeoutError: the task is still waiting or running after
+            ``timeout``.
+        :raises InvalidArgument: ``timeout`` is not a number of seconds from 0.
+
+        .. versionadded:: 0.1
+        """
+        key = _checked_id(task_id)
+        limit = (
+            None
+            if timeout is None
+            else validate.seconds("timeout", timeout, error=InvalidArgument)
+        )
+        store = self.store()
+        deadline = None if limit is None else time.monotonic() + limit
+        interval = 0.01
+        while True:
+            info = admin.get_task(store, key)
+            if info is None or info.state in _FINISHED:
+                return info
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(
+                    f"Task {key} ({info.name}) is still {info.state.value} after"
+                    f" {limit:g}s."
+                )
+            time.sleep(interval if left is None else min(interval, left))
+            interval = min(interval * 2, WAIT_MAX_INTERVAL)
 
     def tasks(
         self,
@@ -209,7 +255,8 @@ class QueueManagement:
         return retried
 
     def cancel(self, task_id: int) -> bool:
-        """Remove a task that is not running (pending, scheduled or dead).
+        """Remove a task that is not running (pending, scheduled, succeeded or
+        dead).
 
         :returns: ``False`` if it is running (its worker owns it) or gone.
         :raises RuntimeError: no app context.
@@ -229,7 +276,8 @@ class QueueManagement:
         dry_run: bool = False,
     ) -> int:
         """Delete the tasks in ``state`` (default the waiting ones: pending and
-        scheduled; ``dead`` may be given too) of task ``name`` and ``queue``
+        scheduled; ``succeeded`` and ``dead`` may be given too) of task ``name``
+        and ``queue``
         (default all), in batches of 1,000 rows per transaction; return how
         many were deleted, or with ``dry_run`` how many would be. A task that
         is running when its batch is deleted is left alone.
@@ -241,7 +289,8 @@ class QueueManagement:
         states = _states(state) or [TaskState.PENDING, TaskState.SCHEDULED]
         if TaskState.RUNNING in states:
             raise InvalidArgument(
-                "delete_tasks() deletes pending, scheduled and dead tasks; a running"
+                "delete_tasks() deletes pending, scheduled, succeeded and dead tasks;"
+                " a running"
                 " task belongs to its worker, so state may not include 'running'."
             )
         return admin.delete_matching(
@@ -269,11 +318,13 @@ class QueueManagement:
         )
 
     def prune(self) -> int:
-        """Delete dead tasks older than ``PLAINQUEUE_KEEP_FAILED`` now (the worker
-        also does it about once a minute); return how many were deleted."""
-        if self.settings().keep_failed is None:
-            return 0
-        return admin.purge_dead(self.store(), older_than=self.settings().keep_failed)
+        """Delete dead tasks older than ``PLAINQUEUE_KEEP_FAILED`` and succeeded
+        tasks past their ``keep_succeeded`` now (the worker also does it about
+        once a minute); return how many were deleted."""
+        store = self.store()
+        keep = self.settings().keep_failed
+        dead = 0 if keep is None else admin.purge_dead(store, older_than=keep)
+        return dead + admin.prune_succeeded(store)
 
     def export_tasks(
         self, out: t.TextIO, *, include_dead: bool = False

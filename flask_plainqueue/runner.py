@@ -9,19 +9,28 @@ import json
 import logging
 import threading
 import time
-import traceback
 import typing as t
 from collections.abc import Callable
 from collections.abc import Sequence
 
+from . import current
 from . import signals
+from .current import running
+from .current import TaskContext
 from .enqueue import JOIN_SESSION
+from .eventloop import EventLoop
 from .exceptions import Retry
 from .exceptions import TaskDataError
+from .outcomes import format_error as format_error
+from .outcomes import kept
+from .outcomes import MAX_ERROR_LENGTH as MAX_ERROR_LENGTH
+from .outcomes import storable as storable
+from .progress import ProgressWriter
 from .retry import is_dead
 from .retry import retry_delay
 from .statements import ClaimedTask
 from .statements import Failure
+from .statements import Kept
 from .statements import Outcomes
 
 if t.TYPE_CHECKING:
@@ -36,37 +45,7 @@ logger = logging.getLogger("flask_plainqueue.worker")
 COMPLETED = "completed"
 #: The outcome is already written (or deliberately dropped).
 SETTLED = "settled"
-Outcome = str | Failure
-
-
-#: The longest ``failed_error`` stored (characters): a longer error keeps its
-#: beginning and its end, where the exception's type and message are.
-MAX_ERROR_LENGTH = 64 * 1024
-
-
-def format_error(exc: BaseException) -> str:
-    """The error's type, message and traceback, as stored in ``failed_error``:
-    text every database can store (no NUL, no lone surrogate), at most
-    :data:`MAX_ERROR_LENGTH` characters."""
-    try:
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    except Exception:  # a __str__ that raises
-        text = f"{type(exc).__name__} (its message could not be formatted)"
-    return storable(text)
-
-
-def storable(text: str, limit: int = MAX_ERROR_LENGTH) -> str:
-    """``text`` made storable: NUL and lone surrogates replaced, and cut in the
-    middle to ``limit`` characters."""
-    text = text.replace("\x00", "\\x00")
-    if not text.isascii():
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    if len(text) > limit:
-        # The marker's count has at most as many digits as len(text).
-        keep = (limit - len(f"\n[... {len(text)} characters cut ...]\n")) // 2
-        cut = len(text) - 2 * keep
-        text = f"{text[:keep]}\n[... {cut} characters cut ...]\n{text[-keep:]}"
-    return text
+Outcome = str | Failure | Kept
 
 
 def collect(outcomes: Outcomes, task: ClaimedTask, outcome: Outcome) -> None:
@@ -75,6 +54,8 @@ def collect(outcomes: Outcomes, task: ClaimedTask, outcome: Outcome) -> None:
         outcomes.completed.append((task.id, task.attempts))
     elif isinstance(outcome, Failure):
         outcomes.failed.append(outcome)
+    elif isinstance(outcome, Kept):
+        outcomes.kept.append(outcome)
 
 
 class TaskRunner:
@@ -98,11 +79,11 @@ class TaskRunner:
         self.app = app
         self.db = parts.db
         self.store = parts.store
+        self.config = parts.config
         self.id = worker_id
         self._now = now
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: threading.Thread | None = None
+        self._loop = EventLoop()
         # (id, attempt) of timed-out tasks still running: whether the timeout
         # was recorded.
         self._timed_out: dict[tuple[int, int], bool] = {}
@@ -110,11 +91,7 @@ class TaskRunner:
 
     def close(self) -> None:
         """Stop the event loop of async tasks."""
-        loop, self._loop = self._loop, None
-        if loop is not None:
-            # Cancel what still runs (past the grace period) and let it unwind
-            # before the loop stops, instead of destroying pending tasks.
-            asyncio.run_coroutine_threadsafe(_cancel_all_and_stop(), loop)
+        self._loop.close()
 
     def time_out(
         self, definition: TaskDefinition[t.Any, t.Any], tasks: Sequence[ClaimedTask]
@@ -145,20 +122,6 @@ class TaskRunner:
             return
         for task in tasks:
             self._timed_out[(task.id, task.attempts)] = True
-
-    def _get_loop(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None:
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(
-                    target=_run_loop,
-                    args=(loop,),
-                    name="plainqueue-asyncio",
-                    daemon=True,
-                )
-                thread.start()
-                self._loop, self._loop_thread = loop, thread
-            return self._loop
 
     def take_interrupt(self) -> BaseException | None:
         """The first ``KeyboardInterrupt`` or ``SystemExit`` a task, a callback
@@ -252,74 +215,118 @@ class TaskRunner:
                 return Failure(
                     task.id, task.attempts, format_error(exc), self._now(), True
                 )
-            self._send(signals.task_started, task_id=task.id, task=task.name)
-            # DEBUG and guarded: the default level (INFO) must not pay for a
-            # record per task.
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("Task %s (%s) started", task.id, task.name, extra=extra)
-            atomic = definition.options.atomic
-            session = self.db.session() if atomic else None
-            start = time.perf_counter()
-            try:
-                if session is not None:
-                    # The task's writes, the success callback's and the row's
-                    # removal commit in this one transaction, or none of them do;
-                    # a perform() inside joins it.
-                    self.store.begin_session_write(session)
-                    session.info[JOIN_SESSION] = True
-                self._call(definition, data)
-            except BaseException as exc:
-                duration = time.perf_counter() - start
-                self._interrupted(exc)
-                if session is not None:
-                    session.rollback()
-                if self._discard_if_timed_out(task):
-                    return SETTLED
-                if isinstance(exc, Retry):
-                    return self._retry_requested(definition, task, exc, duration)
-                return self._failed(definition, task, data, exc, duration)
-            duration = time.perf_counter() - start
-            if self._discard_if_timed_out(task):
-                if session is not None:
-                    session.rollback()
-                return SETTLED
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug(
-                    "Task %s (%s) succeeded in %.3fs",
-                    task.id,
-                    task.name,
-                    duration,
-                    extra=extra,
-                )
-            self._send(
-                signals.task_succeeded,
-                task_id=task.id,
-                task=task.name,
-                duration=duration,
+            deferred = (
+                definition.options.atomic and self.store.backend.write_locks_database
             )
-            if definition.success is None and not atomic:
-                return COMPLETED
-            return self._commit_success(definition, task, data, duration)
+            context = TaskContext(
+                task.id,
+                task.name,
+                task.attempts,
+                lambda: ProgressWriter(self.store, self.id, task, deferred=deferred),
+            )
+            token = current.enter(context)
+            try:
+                return self._run(definition, task, data, context)
+            finally:
+                current.leave(token)
+                if context.sink is not None:
+                    context.sink.close()
 
-    def _call(self, definition: TaskDefinition[t.Any, t.Any], data: t.Any) -> None:
+    def _run(
+        self,
+        definition: TaskDefinition[t.Any, t.Any],
+        task: ClaimedTask,
+        data: t.Any,
+        context: TaskContext,
+    ) -> Outcome:
+        extra = {"task_id": task.id, "task": task.name}
+        self._send(signals.task_started, task_id=task.id, task=task.name)
+        # DEBUG and guarded: the default level (INFO) must not pay for a
+        # record per task.
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("Task %s (%s) started", task.id, task.name, extra=extra)
+        atomic = definition.options.atomic
+        session = self.db.session() if atomic else None
+        start = time.perf_counter()
+        try:
+            if session is not None:
+                # The task's writes, the success callback's and the row's
+                # removal commit in this one transaction, or none of them do;
+                # a perform() inside joins it.
+                self.store.begin_session_write(session)
+                session.info[JOIN_SESSION] = True
+            value = self._call(definition, data, context)
+        except BaseException as exc:
+            duration = time.perf_counter() - start
+            self._interrupted(exc)
+            if session is not None:
+                session.rollback()
+            if self._discard_if_timed_out(task):
+                return SETTLED
+            if context.sink is not None:
+                # The last progress is written before the failure is.
+                context.sink.flush_and_close()
+            if isinstance(exc, Retry):
+                return self._retry_requested(definition, task, exc, duration)
+            return self._failed(definition, task, data, exc, duration)
+        duration = time.perf_counter() - start
+        if self._discard_if_timed_out(task):
+            if session is not None:
+                session.rollback()
+            return SETTLED
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "Task %s (%s) succeeded in %.3fs",
+                task.id,
+                task.name,
+                duration,
+                extra=extra,
+            )
+        self._send(
+            signals.task_succeeded,
+            task_id=task.id,
+            task=task.name,
+            duration=duration,
+        )
+        keep = definition.options.keep_succeeded
+        keep = self.config.keep_succeeded if keep is None else keep
+        # Kept: the held progress is written with the outcome; not kept,
+        # the row is deleted and its progress with it.
+        held = None if context.sink is None else context.sink.close()
+        outcome: Outcome = COMPLETED
+        if keep:
+            outcome = kept(task, value, keep=keep, now=self._now(), progress=held)
+        if definition.success is None and not atomic:
+            return outcome
+        return self._commit_success(definition, task, data, duration, outcome)
+
+    def _call(
+        self,
+        definition: TaskDefinition[t.Any, t.Any],
+        data: t.Any,
+        context: TaskContext,
+    ) -> t.Any:
         args = (data,) if definition.takes_data else ()
         if not definition.is_async:
-            definition.func(*args)
-            return
-        loop = self._get_loop()
-        coro = self._in_context(definition, args)
+            return definition.func(*args)
+        loop = self._loop.get()
+        coro = self._in_context(definition, args, context)
         try:
             future = asyncio.run_coroutine_threadsafe(coro, loop)
         except BaseException:
             coro.close()  # never scheduled (the loop is closing): no warning
             raise
-        future.result()
+        return future.result()
 
     async def _in_context(
-        self, definition: TaskDefinition[t.Any, t.Any], args: tuple[t.Any, ...]
+        self,
+        definition: TaskDefinition[t.Any, t.Any],
+        args: tuple[t.Any, ...],
+        context: TaskContext,
     ) -> t.Any:
-        # The coroutine runs on the loop thread, so it needs its own app context.
-        with self.app.app_context():
+        # The coroutine runs on the loop thread, in an asyncio task with a
+        # context of its own: it needs its app context and current_task there.
+        with self.app.app_context(), running(context):
             timeout = definition.options.timeout
             if timeout is None:
                 return await definition.func(*args)
@@ -356,9 +363,11 @@ class TaskRunner:
         task: ClaimedTask,
         data: t.Any,
         duration: float,
+        outcome: Outcome,
     ) -> Outcome:
         """Run the success callback; its writes (and an atomic task's) and the
-        row's deletion commit in one transaction through the app's session."""
+        row's deletion (or, kept, its result) commit in one transaction through
+        the app's session."""
         session = self.db.session()
         atomic = definition.options.atomic
         extra = {"task_id": task.id, "task": task.name}
@@ -369,7 +378,9 @@ class TaskRunner:
             session.info[JOIN_SESSION] = True
             if definition.success is not None:
                 definition.success(data)
-            held = self.store.complete_in_session(session, self.id, task)
+            held = self.store.complete_in_session(
+                session, self.id, task, outcome if isinstance(outcome, Kept) else None
+            )
             if not held:
                 session.rollback()
                 logger.warning(
@@ -390,12 +401,12 @@ class TaskRunner:
                 return self._failed(definition, task, data, exc, duration)
             logger.exception(
                 "The success callback of task %s (%s) raised; the task itself"
-                " succeeded and is removed.",
+                " succeeded.",
                 task.id,
                 task.name,
                 extra=extra,
             )
-            return COMPLETED
+            return outcome
 
     def _retry_requested(
         self,
@@ -448,8 +459,16 @@ class TaskRunner:
             extra=extra,
         )
         if definition.failure is not None:
+            context = current.get()
+            if context is None or context.id != task.id:
+                # A timeout recorded from the batch's thread.
+                writer = ProgressWriter(self.store, self.id, task, deferred=True)
+                writer.close()
+                context = TaskContext(task.id, task.name, task.attempts, lambda: writer)
+            context.will_retry = not dead
             try:
-                definition.failure(data, exc)
+                with running(context):
+                    definition.failure(data, exc)
             except BaseException as callback_exc:
                 self._interrupted(callback_exc)
                 logger.exception(
@@ -476,24 +495,6 @@ class TaskRunner:
         """The failed attempt to record: due again ``delay`` seconds from now."""
         run_at = self._now() + datetime.timedelta(seconds=delay)
         return Failure(task.id, task.attempts, format_error(exc), run_at, dead, counts)
-
-
-async def _cancel_all_and_stop() -> None:
-    current = asyncio.current_task()
-    tasks = [task for task in asyncio.all_tasks() if task is not current]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    asyncio.get_running_loop().stop()
-
-
-def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-    # Closing here, once ``close()`` has stopped the loop, releases the loop's
-    # self-pipe sockets; each drain() would otherwise leak two file descriptors.
-    try:
-        loop.run_forever()
-    finally:
-        loop.close()
 
 
 def _decode(task: ClaimedTask) -> t.Any:

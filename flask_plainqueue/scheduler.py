@@ -222,7 +222,9 @@ class Scheduler:
                 self.prune()
             except Exception as exc:
                 if not self.store.is_missing_table(exc):  # the claim loop says so
-                    logger.exception("Worker %s: pruning dead tasks failed", self.owner)
+                    logger.exception(
+                        "Worker %s: pruning finished tasks failed", self.owner
+                    )
         if now_mono >= self._next_unknown:
             self._next_unknown = now_mono + HOUSEKEEPING_INTERVAL
             try:
@@ -233,15 +235,24 @@ class Scheduler:
         return min(self._next_prune, self._next_unknown) - time.monotonic()
 
     def prune(self) -> int:
-        """Delete dead tasks older than ``PLAINQUEUE_KEEP_FAILED``."""
+        """Delete dead tasks older than ``PLAINQUEUE_KEEP_FAILED`` and succeeded
+        tasks whose ``keep_succeeded`` period ended; return how many."""
+        now = self.clock()
         keep = self.parts.config.keep_failed
-        if keep is None:
-            return 0
-        before = self.clock() - datetime.timedelta(seconds=keep)
-        pruned = self.store.delete_dead(before=before, max_batches=100)
-        if pruned:
-            logger.info("Worker %s: pruned %d dead task(s)", self.owner, pruned)
-        return pruned
+        pruned = 0
+        if keep is not None:
+            before = now - datetime.timedelta(seconds=keep)
+            pruned = self.store.delete_dead(before=before, max_batches=100)
+            if pruned:
+                logger.info("Worker %s: pruned %d dead task(s)", self.owner, pruned)
+        expired = self.store.delete_expired(now, max_batches=100)
+        if expired:
+            logger.info(
+                "Worker %s: pruned %d succeeded task(s) past their keep_succeeded",
+                self.owner,
+                expired,
+            )
+        return pruned + expired
 
     def report_unknown_names(self) -> list[str]:
         """Log (once per name) due tasks that no registered definition claims;

@@ -30,6 +30,9 @@ if t.TYPE_CHECKING:
 STATUS_QUEUED = "queued"
 #: Stored ``status`` of a row that ran out of retries; kept for inspection.
 STATUS_DEAD = "dead"
+#: Stored ``status`` of a row that succeeded and is kept (``keep_succeeded``)
+#: with its result; its ``run_at`` is when it expires and may be pruned.
+STATUS_SUCCEEDED = "succeeded"
 
 
 class TaskState(str, enum.Enum):
@@ -41,6 +44,9 @@ class TaskState(str, enum.Enum):
     SCHEDULED = "scheduled"
     #: Claimed by a worker whose lease has not expired.
     RUNNING = "running"
+    #: Finished without error and kept (``keep_succeeded``) with its result
+    #: until pruned.
+    SUCCEEDED = "succeeded"
     #: Out of retries; kept until pruned or retried by hand.
     DEAD = "dead"
 
@@ -75,6 +81,12 @@ class TaskModel(t.Protocol):
     failed_nr: t.ClassVar[Mapped[int]]
     failed_error: t.ClassVar[Mapped[str | None]]
     unique_key: t.ClassVar[Mapped[str | None]]
+    #: The JSON text of a kept task's return value.
+    result: t.ClassVar[Mapped[str | None]]
+    #: The JSON text of the last value the task reported as its progress.
+    progress: t.ClassVar[Mapped[str | None]]
+    #: When a kept task succeeded.
+    finished: t.ClassVar[Mapped[datetime.datetime | None]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +108,7 @@ class Tables:
         return self.model.__table__
 
 
-_TIMESTAMPS = ("created", "run_at", "failed_last")
+_TIMESTAMPS = ("created", "run_at", "failed_last", "finished")
 
 
 def _aware_on_load(target: t.Any, context: t.Any) -> None:
@@ -124,7 +136,9 @@ def build_tables(db: SQLAlchemy, table: str) -> Tables:
     ``failed_last``, ``failed_nr``, ``failed_error``) a task has ``run_at``, the
     earliest time it may run, which while a worker holds it is also its lease
     expiry: a claim moves ``run_at`` to the end of the lease, so a worker that
-    dies simply lets the row become due again.
+    dies simply lets the row become due again. A succeeded task kept with
+    its result (``status = 'succeeded'``) has its expiry in ``run_at``; every
+    index begins with ``status``, so kept rows are never in a claim's way.
 
     Whichever worker moves a periodic task's ``last_tick`` forward (a
     conditional ``UPDATE`` that only one transaction can win) enqueues that
@@ -174,6 +188,11 @@ def build_tables(db: SQLAlchemy, table: str) -> Tables:
         "failed_nr": mapped_column(sa.Integer, nullable=False, default=0),
         "failed_error": mapped_column(sa.Text, nullable=True),
         "unique_key": mapped_column(sa.String(255), nullable=True),
+        # Kept only when the task's keep_succeeded is above 0; progress is
+        # written while it runs (see flask_plainqueue.progress).
+        "result": mapped_column(sa.Text, nullable=True),
+        "progress": mapped_column(sa.Text, nullable=True),
+        "finished": mapped_column(when, nullable=True),
         "__repr__": lambda self: f"<Task {self.id} {self.name!r} {self.status}>",
     }
     model = t.cast("type[TaskModel]", type("PlainQueueTask", (db.Model,), attrs))

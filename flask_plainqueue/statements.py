@@ -18,6 +18,7 @@ import sqlalchemy as sa
 
 from .schema import STATUS_DEAD
 from .schema import STATUS_QUEUED
+from .schema import STATUS_SUCCEEDED
 from .schema import Tables
 
 
@@ -46,19 +47,35 @@ class Failure:
     counts: bool = True
 
 
+@dataclasses.dataclass(frozen=True)
+class Kept:
+    """A succeeded attempt whose row is kept with its result until ``expires``."""
+
+    id: int
+    attempts: int
+    #: The JSON text of the return value (``null`` if it was not JSON).
+    result: str
+    finished: datetime.datetime
+    expires: datetime.datetime
+    #: The last progress reported and not yet written, as JSON text.
+    progress: str | None = None
+
+
 @dataclasses.dataclass
 class Outcomes:
     """Finished attempts not yet written; written in the next write transaction."""
 
     completed: list[tuple[int, int]] = dataclasses.field(default_factory=list)
     failed: list[Failure] = dataclasses.field(default_factory=list)
+    kept: list[Kept] = dataclasses.field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.completed or self.failed)
+        return bool(self.completed or self.failed or self.kept)
 
     def clear(self) -> None:
         self.completed.clear()
         self.failed.clear()
+        self.kept.clear()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +183,28 @@ class Statements:
         )
         #: Delete a task this worker still holds (fenced by owner and attempt).
         self.delete_owned = sa.delete(table).where(owned)
+        #: Keep a succeeded task this worker still holds, with its result,
+        #: until ``run_at`` (its expiry); pending progress is written with it.
+        self.keep_owned = (
+            sa.update(table)
+            .where(owned)
+            .values(
+                status=STATUS_SUCCEEDED,
+                result=sa.bindparam("b_result", type_=sa.Text),
+                finished=sa.bindparam("b_finished", type_=c.finished.type),
+                run_at=sa.bindparam("b_run_at", type_=c.run_at.type),
+                progress=sa.func.coalesce(
+                    sa.bindparam("b_progress", type_=sa.Text), c.progress
+                ),
+                lease_owner=None,
+            )
+        )
+        #: Write the progress of a task this worker still holds.
+        self.progress_owned = (
+            sa.update(table)
+            .where(owned)
+            .values(progress=sa.bindparam("b_progress", type_=sa.Text))
+        )
         #: Record a failed attempt of a task this worker still holds.
         self.fail = (
             sa.update(table)
@@ -314,6 +353,10 @@ class Statements:
                     ],
                 )
             )
+        if outcomes.kept:
+            writes.append(
+                (self.keep_owned, [self.kept_params(owner, k) for k in outcomes.kept])
+            )
         if outcomes.failed:
             writes.append(
                 (
@@ -334,6 +377,19 @@ class Statements:
                 )
             )
         return writes
+
+    @staticmethod
+    def kept_params(owner: str, kept: Kept) -> dict[str, t.Any]:
+        """The parameters of :attr:`keep_owned` for ``kept``."""
+        return {
+            "b_id": kept.id,
+            "b_attempts": kept.attempts,
+            "owner": owner,
+            "b_result": kept.result,
+            "b_finished": kept.finished,
+            "b_run_at": kept.expires,
+            "b_progress": kept.progress,
+        }
 
     # -- enqueue --------------------------------------------------------------
 
@@ -379,6 +435,12 @@ class Statements:
         if name is not None:
             where = sa.and_(where, c.name == name)
         return where
+
+    def expired(self, now: datetime.datetime) -> sa.ColumnElement[bool]:
+        """Kept succeeded tasks whose keep period ended by ``now``: in the due
+        index's ``status`` range, so no claim's index range holds them."""
+        c = self.table.c
+        return sa.and_(c.status == STATUS_SUCCEEDED, c.run_at <= now)
 
     def delete_batch(self, where: sa.ColumnElement[bool], batch: int) -> sa.Delete:
         """Delete up to ``batch`` of the rows matching ``where``, so a large

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -30,6 +31,7 @@ from .schema import Tables
 from .statements import claimed
 from .statements import ClaimedTask
 from .statements import ClaimRequest
+from .statements import Kept
 from .statements import Outcomes
 from .statements import Statements
 
@@ -231,16 +233,40 @@ class Store:
         outcomes.clear()
 
     def complete_in_session(
-        self, session: Session, owner: str, task: ClaimedTask
+        self,
+        session: Session,
+        owner: str,
+        task: ClaimedTask,
+        kept: Kept | None = None,
     ) -> bool:
-        """Delete a finished task through ``session``, so the deletion commits with
-        the session's other writes (the success callback's). Returns whether this
-        worker still held the task; if not, the caller must roll back."""
-        result = session.execute(
-            self.statements.delete_owned,
-            {"b_id": task.id, "b_attempts": task.attempts, "owner": owner},
-        )
+        """Delete a finished task (or keep it, with ``kept``) through ``session``,
+        so this commits with the session's other writes (the success
+        callback's). Returns whether this worker still held the task; if not,
+        the caller must roll back."""
+        stmt: sa.Executable
+        if kept is None:
+            stmt = self.statements.delete_owned
+            params = {"b_id": task.id, "b_attempts": task.attempts, "owner": owner}
+        else:
+            stmt = self.statements.keep_owned
+            params = self.statements.kept_params(owner, kept)
+        result = session.execute(stmt, params)
         return t.cast(int, result.rowcount) == 1  # type: ignore[attr-defined]
+
+    def write_progress(self, owner: str, task: ClaimedTask, progress: str) -> bool:
+        """Write a running task's progress (JSON text) in a short transaction of
+        its own; returns whether this worker still held the task."""
+        with self.write() as conn:
+            result = conn.execute(
+                self.statements.progress_owned,
+                {
+                    "b_id": task.id,
+                    "b_attempts": task.attempts,
+                    "owner": owner,
+                    "b_progress": progress,
+                },
+            )
+            return bool(result.rowcount == 1)
 
     def extend(self, owner: str, ids: Sequence[int], until: datetime.datetime) -> int:
         """Move the lease of running tasks to ``until``; returns how many held."""
@@ -333,9 +359,25 @@ class Store:
         """Delete dead tasks (of task ``name``) whose last failure is before
         ``before`` (all dead tasks if ``None``), ``batch`` rows per transaction so
         a large delete never holds the write lock for long; return how many."""
-        stmt = self.statements.delete_batch(
-            self.statements.dead(before=before, name=name), batch
+        return self._delete_batches(
+            self.statements.dead(before=before, name=name), batch, max_batches
         )
+
+    def delete_expired(
+        self,
+        now: datetime.datetime,
+        *,
+        batch: int = DELETE_BATCH,
+        max_batches: int | None = None,
+    ) -> int:
+        """Delete succeeded tasks whose keep period ended by ``now``, ``batch``
+        rows per transaction; return how many."""
+        return self._delete_batches(self.statements.expired(now), batch, max_batches)
+
+    def _delete_batches(
+        self, where: sa.ColumnElement[bool], batch: int, max_batches: int | None
+    ) -> int:
+        stmt = self.statements.delete_batch(where, batch)
         total = 0
         rounds = 0
         while max_batches is None or rounds < max_batches:

@@ -68,6 +68,7 @@ class TaskOptionArgs(t.TypedDict, total=False):
     priority: int
     timeout: float | datetime.timedelta | None
     atomic: bool
+    keep_succeeded: float | datetime.timedelta | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +110,10 @@ class TaskOptions:
     #: The function's ``db.session`` writes, the success callback's and the
     #: row's removal commit in one transaction, or none of them do.
     atomic: bool = False
+    #: Seconds a succeeded task is kept, with its return value as its result,
+    #: before it is pruned; 0 deletes it at once. Default
+    #: ``PLAINQUEUE_KEEP_SUCCEEDED``.
+    keep_succeeded: float | None = None
 
     def __post_init__(self) -> None:
         err = ConfigurationError
@@ -161,6 +166,12 @@ class TaskOptions:
                 ),
             )
         validate.flag("atomic", self.atomic, error=err)
+        if self.keep_succeeded is not None:
+            set_(
+                self,
+                "keep_succeeded",
+                validate.seconds("keep_succeeded", self.keep_succeeded, error=err),
+            )
         validate.text("queue", self.queue, error=err, max_length=MAX_QUEUE_LENGTH)
         retry_on: t.Any = self.retry_on
         if isinstance(retry_on, type):

@@ -97,8 +97,12 @@ def export_tasks(
     stmt = sa.select(
         *(c[name] for name in _FIELDS if name != "data"), c.data, c.lease_owner
     )
-    if not include_dead:
-        stmt = stmt.where(c.status == STATUS_QUEUED)
+    # Kept succeeded tasks are finished work: never exported.
+    stmt = stmt.where(
+        c.status.in_((STATUS_QUEUED, STATUS_DEAD))
+        if include_dead
+        else c.status == STATUS_QUEUED
+    )
     stmt = stmt.order_by(c.id)
     result = ExportResult()
     with store.read() as conn:

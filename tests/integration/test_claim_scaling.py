@@ -54,6 +54,27 @@ def _fill(env: Env, count: int, name: str, **options: t.Any) -> None:
         )
 
 
+def _fill_succeeded(env: Env, count: int, name: str) -> None:
+    """``count`` succeeded rows of ``name`` kept with a result, expired long
+    ago: first in every order a claim uses, were it not for ``status``."""
+    past = datetime.datetime.now(UTC) - datetime.timedelta(days=1)
+    row = {
+        "name": name,
+        "queue": "default",
+        "priority": 100,
+        "data": "1",
+        "created": past,
+        "run_at": past,
+        "status": "succeeded",
+        "attempts": 1,
+        "failed_nr": 0,
+        "result": '{"ok":true}',
+        "finished": past,
+    }
+    env.db.session.execute(sa.insert(env.queue.Task), [row] * count)
+    env.db.session.commit()
+
+
 def _analyze(env: Env) -> None:
     if env.db.engine.dialect.name == "postgresql":
         with env.db.engine.connect() as conn:
@@ -152,7 +173,9 @@ def _request(
 
 @pytest.mark.parametrize("queues", [None, ["default"]], ids=["all-queues", "one-queue"])
 @pytest.mark.parametrize(
-    "first", ["served", "unknown-name"], ids=["next-is-served", "unknown-names-first"]
+    "first",
+    ["served", "unknown-name", "succeeded"],
+    ids=["next-is-served", "unknown-names-first", "kept-succeeded-rows"],
 )
 def test_postgresql_claim_plans_are_index_seeks_only(
     env: Env, app_ctx: None, first: str, queues: list[str] | None
@@ -161,12 +184,16 @@ def test_postgresql_claim_plans_are_index_seeks_only(
     say every row has that name, which once led the planner to filter an index
     by name), every statement of a claim seeks and discards no row: when the
     first due task is one this worker serves, and when 3,000 due tasks of a name
-    it does not know come first (it then asks per name)."""
+    it does not know come first (it then asks per name), and when 3,000 kept
+    succeeded rows of higher priority and earlier ``run_at`` are stored."""
     if env.db.engine.dialect.name != "postgresql":
         pytest.skip("the SQLite plans are checked in test_storage.py")
     _define(env)
     if first == "unknown-name":
         _fill(env, 3_000, "not_deployed_here")
+    if first == "succeeded":
+        _fill_succeeded(env, 3_000, NAMES[0])
+        _fill_succeeded(env, 3_000, NAMES[1])
     _fill(env, 3_000, NAMES[0])
     _analyze(env)
     claims = _captured_claims(env, _request(env, NAMES, queues))

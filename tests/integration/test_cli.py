@@ -252,18 +252,21 @@ def test_status_counts_every_state(ops: Ops) -> None:
             TaskState.PENDING: 0,
             TaskState.SCHEDULED: 0,
             TaskState.RUNNING: 0,
+            TaskState.SUCCEEDED: 0,
             TaskState.DEAD: 2,
         },
         "t.ok": {
             TaskState.PENDING: 1,
             TaskState.SCHEDULED: 1,
             TaskState.RUNNING: 0,
+            TaskState.SUCCEEDED: 0,
             TaskState.DEAD: 0,
         },
         "t.other": {
             TaskState.PENDING: 0,
             TaskState.SCHEDULED: 0,
             TaskState.RUNNING: 1,
+            TaskState.SUCCEEDED: 0,
             TaskState.DEAD: 0,
         },
     }
@@ -369,11 +372,12 @@ def test_status_command(ops: Ops) -> None:
         "PENDING",
         "SCHEDULED",
         "RUNNING",
+        "SUCCEEDED",
         "DEAD",
     ]
-    assert lines[1].split() == ["t.fail", "default", "0", "0", "0", "1"]
-    assert lines[2].split() == ["t.ok", "default", "1", "0", "0", "0"]
-    assert lines[3].split() == ["(total)", "1", "0", "0", "1"]
+    assert lines[1].split() == ["t.fail", "default", "0", "0", "0", "0", "1"]
+    assert lines[2].split() == ["t.ok", "default", "1", "0", "0", "0", "0"]
+    assert lines[3].split() == ["(total)", "1", "0", "0", "0", "1"]
     # Columns are aligned: every count ends where its header ends.
     assert len({len(line) for line in lines[:4]}) == 1
     assert re.search(r"Oldest pending: \d+s \(task \d+\)", result.output)
@@ -398,9 +402,16 @@ def test_status_json(ops: Ops) -> None:
         "pending": 0,
         "scheduled": 0,
         "running": 0,
+        "succeeded": 0,
         "dead": 1,
     }
-    assert data["total"] == {"pending": 0, "scheduled": 1, "running": 1, "dead": 1}
+    assert data["total"] == {
+        "pending": 0,
+        "scheduled": 1,
+        "running": 1,
+        "succeeded": 0,
+        "dead": 1,
+    }
     assert data["workers"] == {"w-1": 1}
     assert data["oldest_pending_age"] is None
     assert data["oldest_pending_id"] is None

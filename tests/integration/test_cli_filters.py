@@ -91,15 +91,15 @@ def test_status_has_a_queue_column_and_filter(ops: Ops) -> None:
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].split()[:2] == ["TASK", "QUEUE"]
-    assert lines[1].split() == ["t.mail", "emails", "1", "1", "0", "0"]
-    assert lines[2].split() == ["t.ok", "default", "1", "0", "0", "0"]
-    assert lines[3].split() == ["(total)", "2", "1", "0", "0"]
+    assert lines[1].split() == ["t.mail", "emails", "1", "1", "0", "0", "0"]
+    assert lines[2].split() == ["t.ok", "default", "1", "0", "0", "0", "0"]
+    assert lines[3].split() == ["(total)", "2", "1", "0", "0", "0"]
 
     emails = ops.cli("status", "--queue", "emails")
     assert emails.exit_code == 0, emails.output
     lines = emails.output.splitlines()
-    assert lines[1].split() == ["t.mail", "emails", "1", "1", "0", "0"]
-    assert lines[2].split() == ["(total)", "1", "1", "0", "0"]
+    assert lines[1].split() == ["t.mail", "emails", "1", "1", "0", "0", "0"]
+    assert lines[2].split() == ["(total)", "1", "1", "0", "0", "0"]
     assert "t.ok" not in emails.output
     nothing = ops.cli("status", "--queue", "nothing")
     assert nothing.output.startswith("Queue 'nothing' has no tasks.\n")
@@ -110,7 +110,7 @@ def test_status_json_per_queue(ops: Ops) -> None:
     ops.queue.perform("t.ok", 1)
     ops.claim("t.ok")
     data = json.loads(ops.cli("status", "--json").output)
-    zero = {"pending": 0, "scheduled": 0, "running": 0, "dead": 0}
+    zero = {"pending": 0, "scheduled": 0, "running": 0, "succeeded": 0, "dead": 0}
     assert data["queue"] is None
     assert data["queues"] == {
         "default": {"t.ok": {**zero, "running": 1}},

@@ -213,8 +213,8 @@ def test_overview(dash: Dash) -> None:
     assert page.status_code == 200
     assert '<meta name="viewport"' in page.text
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page.text))
-    assert "1 pending 1 scheduled 0 running 1 dead" in text
-    assert "d.fail 0 0 0 1" in text and "d.ok 1 1 0 0" in text
+    assert "1 pending 1 scheduled 0 running 0 succeeded 1 dead" in text
+    assert "d.fail 0 0 0 0 1" in text and "d.ok 1 1 0 0 0" in text
     assert "Oldest pending due for" in text
     assert "no history to chart throughput" in text
     css = dash.client.get("/queue/static/plainqueue/plainqueue.css")

@@ -265,6 +265,10 @@ def test_why_gives_each_reason(env: Env) -> None:
     def urgent(data: t.Any) -> None:
         pass
 
+    @env.queue.task(queue="other", keep_succeeded=60)
+    def kept(data: t.Any) -> None:
+        pass
+
     seen: set[str] = set()
 
     def why(task_id: int, code: str) -> None:
@@ -275,6 +279,9 @@ def test_why_gives_each_reason(env: Env) -> None:
         seen.add(code)
 
     why(987654, "not-found")
+    done = env.queue.perform(kept)
+    assert env.queue.drain() == 1
+    why(done, "succeeded")
     later = env.queue.perform(job, delay=3600)
     why(later, "scheduled")
 

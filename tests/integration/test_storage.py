@@ -26,6 +26,7 @@ from flask_plainqueue import TaskInfo
 from flask_plainqueue.statements import claimed
 from flask_plainqueue.statements import ClaimedTask
 from flask_plainqueue.statements import ClaimRequest
+from flask_plainqueue.statements import Kept
 from flask_plainqueue.statements import Outcomes
 
 UTC = datetime.timezone.utc
@@ -432,6 +433,26 @@ def test_claim_and_prune_use_indexes_not_scans(sqlite_uri: str, tmp_path: Path) 
                 }
             ],
         )
+        # Kept succeeded rows, first in claim order but for their status.
+        db.session.execute(
+            sa.insert(queue.Task),
+            [
+                {
+                    "name": name,
+                    "queue": "default",
+                    "priority": 100,
+                    "data": '"kept"',
+                    "created": early,
+                    "run_at": early,
+                    "status": "succeeded",
+                    "attempts": 1,
+                    "failed_nr": 0,
+                    "finished": early,
+                }
+                for name in ("a", "b")
+                for _ in range(20)
+            ],
+        )
         db.session.commit()
         queue.perform_many(a, list(range(50)))
         queue.perform_many(b, list(range(50)))
@@ -461,11 +482,17 @@ def test_claim_and_prune_use_indexes_not_scans(sqlite_uri: str, tmp_path: Path) 
             )
             first = store.claim(request)
             assert first
+            assert all(c.name in ("a", "b") and c.data != '"kept"' for c in first)
             done = Outcomes(completed=[(c.id, c.attempts) for c in first])
-            store.claim(request, done)
+            second = store.claim(request, done)
+            kept = Outcomes(
+                kept=[Kept(c.id, c.attempts, "1", now, now) for c in second]
+            )
             # A worker of one task name claims with a simpler statement.
-            assert store.claim(dataclasses.replace(request, names=["b"]))
+            assert store.claim(dataclasses.replace(request, names=["b"]), kept)
             store.delete_dead(before=now)
+            store.write_progress("w", first[0], "1")
+            assert store.delete_expired(now) == 40 + len(second)
         finally:
             sa.event.remove(store.engine, "before_cursor_execute", grab)
         # The claim runs on the driver's cursor, past SQLAlchemy's events.
@@ -474,8 +501,9 @@ def test_claim_and_prune_use_indexes_not_scans(sqlite_uri: str, tmp_path: Path) 
             sql for sql in backend.compiled_statements() if not sql.startswith("INSERT")
         )
         # The first due task, the two claims (the name worked out by the
-        # statement, or given), delete done, prune.
-        assert len(statements) == 5, statements
+        # statement, or given), delete done, keep done, prune dead, write
+        # progress, prune succeeded.
+        assert len(statements) == 8, statements
         with store.engine.connect() as conn:
             for statement in statements:
                 # The driver-cursor statements use named parameters (":now").

@@ -62,6 +62,8 @@ def test_whole_suite_with_tiny_n(tmp_path: Path) -> None:
         "400",
         "--scale-take",
         "50",
+        "--kept",
+        "400",
         "--names-due",
         "300",
         "--names-take",
@@ -122,6 +124,34 @@ def _check_rst(text: str) -> None:
     )
     messages = [n for n in doctree.findall() if n.tagname == "system_message"]
     assert not messages, [m.astext() for m in messages]
+
+
+@pytest.mark.timeout(300)
+def test_kept_case_with_tiny_n(tmp_path: Path) -> None:
+    """The kept case alone (1,000,000 kept succeeded rows by default, run here
+    with 2,000): both of its rows are measured."""
+    out = tmp_path / "report"
+    proc = run_suite(
+        out,
+        "--cases",
+        "kept",
+        "--rounds",
+        "1",
+        "--kept",
+        "2000",
+        "--scale-take",
+        "200",
+        "--no-chart",
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    data = json.loads((out / "results.json").read_text())
+    (scenario,) = data["scenarios"]
+    assert scenario["key"] == "kept-b1"
+    labels = [c["label"] for c in scenario["contenders"]]
+    assert labels == ["2,000 succeeded kept + 200 waiting", "200 waiting"]
+    for label in labels:
+        (result,) = scenario["runs"][label]
+        assert "error" not in result and result["rate"] > 0, (label, result)
 
 
 def test_rejects_unknown_case(tmp_path: Path) -> None:
