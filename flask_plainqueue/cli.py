@@ -16,6 +16,7 @@ import typing as t
 import click
 from flask import current_app
 from flask.cli import AppGroup
+from flask.logging import default_handler
 
 from .cli_ops import add_ops_commands
 from .cli_params import describe_missing_table
@@ -163,6 +164,10 @@ def _serve_metrics(queue: PlainQueue, app: Flask, host: str, port: int) -> None:
 def _configure_logging(level: str) -> None:
     package_logger = logging.getLogger("flask_plainqueue")
     package_logger.setLevel(level.upper())
+    # A worker process logs lines with a timestamp and the logger's name, not
+    # in the web format init_app borrowed from Flask for servers.
+    if default_handler in package_logger.handlers:
+        package_logger.removeHandler(default_handler)
     if not logging.getLogger().handlers and not package_logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 #: ``{(sample name, ((label, value), ...)): value}``
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
-STATES = ("pending", "scheduled", "running", "dead")
+STATES = ("pending", "scheduled", "running", "succeeded", "dead")
 
 
 def parse(text: str) -> tuple[dict[str, str], Samples]:

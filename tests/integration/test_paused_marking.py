@@ -140,12 +140,13 @@ def test_status_carries_the_pauses(ops: Ops) -> None:
         "PENDING",
         "SCHEDULED",
         "RUNNING",
+        "SUCCEEDED",
         "DEAD",
         "PAUSED",
     ]
-    assert lines[1].split() == ["t.mail", "mail", "1", "0", "0", "0", "queue"]
-    assert lines[2].split() == ["t.ok", "default", "1", "0", "0", "0", "task"]
-    assert lines[3].split() == ["(total)", "2", "0", "0", "0"]
+    assert lines[1].split() == ["t.mail", "mail", "1", "0", "0", "0", "0", "queue"]
+    assert lines[2].split() == ["t.ok", "default", "1", "0", "0", "0", "0", "task"]
+    assert lines[3].split() == ["(total)", "2", "0", "0", "0", "0"]
     assert (
         "Paused: queue 'mail', task 'never.stored', task 't.ok'"
         " ('flask queue resume' resumes)"

@@ -118,10 +118,11 @@ def test_worker_waits_for_a_missing_table(
 ) -> None:
     proc_app = ProcApp(tmp_path, monkeypatch, tables=False)
     try:
-        # --burst: says once that the table is missing, and exits 0.
+        # --burst: refuses at once, saying how to create the table.
         burst = start_worker(procs, proc_app, "--burst")
-        assert burst.wait() == 0, burst.output()
+        assert burst.wait() == 1, burst.output()
         assert "does not exist" in burst.stderr(), burst.output()
+        assert "db.create_all()" in burst.stderr(), burst.output()
         assert "Traceback" not in burst.stderr(), burst.output()
 
         # A running worker waits quietly, then runs tasks once the table exists.
