@@ -8,9 +8,11 @@ from pathlib import Path
 
 import coming_from
 import pytest
-from coming_from import queue
+from coming_from import send_email
 from coming_from import sign_up
 from flask import Flask
+
+from flask_plainqueue.testing import QueueFixture
 
 
 # [test]
@@ -23,10 +25,13 @@ def app(tmp_path: Path) -> Iterator[Flask]:
         yield app
 
 
-def test_sign_up_sends_an_email(app: Flask) -> None:
+def test_sign_up_sends_an_email(app: Flask, plainqueue: QueueFixture) -> None:
     sign_up("ann@example.com")
-    assert "ann@example.com" not in coming_from.outbox  # only stored so far
-    assert queue.drain() == 1  # runs what is due, here, as a worker would
+    # Only stored so far; the plainqueue fixture (the package's pytest plugin)
+    # finds the app through the app fixture above.
+    plainqueue.assert_enqueued(send_email, data={"to": "ann@example.com"})
+    assert "ann@example.com" not in coming_from.outbox
+    assert plainqueue.run() == 1  # runs what is due, here, as a worker would
     assert "ann@example.com" in coming_from.outbox
 
 

@@ -68,7 +68,8 @@ def test_a_delayed_email_waits_for_its_time(plainqueue: QueueFixture) -> None:
     plainqueue.clock.advance(3600)
     assert plainqueue.run(double_opt_in) == 1
     assert tasks_app.outbox == ["b@example.com"]
-    assert plainqueue.enqueued() == []
+    # Of this task: an hour on, the app's daily digest may be due too.
+    assert plainqueue.enqueued(double_opt_in) == []
 
 
 def test_the_crm_sync_is_retried_after_its_back_off(plainqueue: QueueFixture) -> None:
