@@ -102,6 +102,11 @@ class Seen(t.NamedTuple):
 _STATES = frozenset({s.value for s in TaskState} | {GONE})
 
 
+def _json(value: object) -> str:
+    # Compact, as the stored progress and result are.
+    return json.dumps(value, separators=(",", ":"))
+
+
 def digest(progress_json: str | None) -> str:
     """A short fingerprint of a progress value, for event ids."""
     if progress_json is None:
@@ -122,7 +127,7 @@ def changes(info: TaskInfo | None, seen: Seen | None) -> tuple[list[str], Seen]:
     out: list[str] = []
     if info is None:
         now = Seen(seq + 1, GONE, 0 if seen is None else seen.attempts, _NO_PROGRESS)
-        out.append(message("done", json.dumps({"state": GONE}), now.event_id))
+        out.append(message("done", _json({"state": GONE}), now.event_id))
         return out, now
     state = info.state.value
     mark = digest(info.progress_json)
@@ -140,7 +145,7 @@ def changes(info: TaskInfo | None, seen: Seen | None) -> tuple[list[str], Seen]:
         error = error_summary(info.error) or None
         add(
             "state",
-            json.dumps({"state": state, "attempts": info.attempts, "error": error}),
+            _json({"state": state, "attempts": info.attempts, "error": error}),
         )
     if info.progress_json is not None and (seen is None or mark != seen.progress):
         add("progress", info.progress_json)
@@ -150,7 +155,7 @@ def changes(info: TaskInfo | None, seen: Seen | None) -> tuple[list[str], Seen]:
             body["result"] = info.result
         else:
             body["error"] = error_summary(info.error)
-        add("done", json.dumps(body))
+        add("done", _json(body))
     return out, current
 
 
