@@ -294,3 +294,33 @@ def test_stream_checks_its_arguments(env: Env) -> None:
             env.queue.stream("1")  # type: ignore[arg-type]
         with pytest.raises(InvalidArgument, match="keepalive"):
             env.queue.stream(1, keepalive=0)
+
+
+@pytest.mark.postgresql
+def test_postgresql_wakes_only_the_streams_of_changed_tasks(
+    postgresql_uri: str, tmp_path: t.Any
+) -> None:
+    from conftest import create_test_app
+
+    app, db, queue = create_test_app(postgresql_uri, tmp_path)
+    with app.app_context():
+        db.create_all()
+        store = queue.store()
+    hub = hub_for(store)
+    changed, other = hub.subscribe(1), hub.subscribe(2)
+    try:
+        # Once LISTEN is in place the watcher wakes every stream, as it does
+        # after reconnecting (notifications may have been missed).
+        assert changed.changed.wait(TIMEOUT) and other.changed.wait(TIMEOUT)
+        changed.changed.clear()
+        other.changed.clear()
+        with store.write() as conn:
+            store.notify_changed(conn, [1])
+        assert changed.changed.wait(TIMEOUT)
+        assert not other.changed.wait(0.2)
+    finally:
+        hub.unsubscribe(changed)
+        hub.unsubscribe(other)
+        with app.app_context():
+            db.drop_all()
+            db.engine.dispose()
