@@ -17,6 +17,7 @@ CASES = (
     "scale",
     "kept",
     "names",
+    "stream",
     "memory",
 )
 
@@ -75,6 +76,7 @@ OURS = "benchmarks.impl_ours"
 HUEY = "benchmarks.impl_huey"
 RAW = "benchmarks.impl_raw"
 PGQ = "benchmarks.impl_pg"
+STREAM = "benchmarks.impl_stream"
 
 
 def _huey(label_suffix: str, func: str, **params: t.Any) -> list[Contender]:
@@ -569,6 +571,30 @@ def scenarios(s: Settings) -> list[Scenario]:
                 note="Target (issue 12): the two 25-name rows at >= 0.9x the first.",
             )
         )
+    out.append(
+        Scenario(
+            "stream",
+            "stream",
+            "`queue.stream`: `report_progress` to the SSE client over HTTP",
+            ("p50_ms", "p95_ms"),
+            (
+                Contender(
+                    "SQLite (change probe)",
+                    f"{STREAM}:stream_latency",
+                    {"samples": s.samples},
+                    "ours",
+                ),
+                Contender(
+                    "PostgreSQL (NOTIFY)",
+                    f"{STREAM}:stream_latency",
+                    {"samples": s.samples, **pg},
+                    "ours",
+                ),
+            ),
+            note="Target: p95 at most 250 ms. Each report is spaced beyond the"
+            " progress interval (0.5 s), so it is written at once.",
+        )
+    )
     out.append(
         Scenario(
             "memory",

@@ -1,5 +1,7 @@
 """A sign-up form with double opt-in: signing up stores the contact and, in the
-same transaction, a task that emails them a confirmation link.
+same transaction, a task that emails them a confirmation link. The admin can
+build a monthly report of the sign-ups, whose page follows the task's
+progress live (``queue.stream``).
 
 Run it with its embedded worker::
 
@@ -23,6 +25,7 @@ from flask import Flask
 from .admin import bp as admin_bp
 from .extensions import db
 from .extensions import queue
+from .reports import bp as reports_bp
 from .views import bp
 
 
@@ -69,4 +72,5 @@ def create_app(
 
     app.register_blueprint(bp)
     app.register_blueprint(admin_bp)
+    app.register_blueprint(reports_bp)
     return app

@@ -25,8 +25,13 @@ bp = Blueprint("contacts", __name__)
 @bp.get("/")
 def index() -> ResponseReturnValue:
     contacts = db.session.scalars(sa.select(Contact).order_by(Contact.id.desc()))
-    # Succeeded tasks are deleted: what is left waits, runs, or failed.
-    tasks = db.session.scalars(sa.select(queue.Task).order_by(queue.Task.id))
+    # Succeeded emails are deleted and kept reports have their own pages:
+    # what is left waits, runs, or failed.
+    tasks = db.session.scalars(
+        sa.select(queue.Task)
+        .where(queue.Task.status != "succeeded")
+        .order_by(queue.Task.id)
+    )
     return render_template("index.html", contacts=contacts, tasks=tasks)
 
 

@@ -351,6 +351,8 @@ def delete(
     )
     with store.write() as conn:
         deleted = set(conn.execute(stmt).scalars())
+        # Open streams of these tasks end now, not at their next look.
+        store.notify_changed(conn, sorted(deleted))
     return [k for k in keys if k in deleted]
 
 

@@ -188,6 +188,23 @@ class Backend:
         """Whether ``exc`` says a table does not exist."""
         raise NotImplementedError
 
+    # -- task changes (streams) ---------------------------------------------------
+
+    #: Whether :meth:`change_watcher` reports every committed change of a task
+    #: (its claim and its deletion included); if not, streams also read their
+    #: task's row now and then.
+    changes_complete: t.ClassVar[bool] = False
+
+    def change_watcher(self, on_change: ChangeCallback, name: str) -> Watcher | None:
+        """A watcher that calls ``on_change`` when stored tasks may have
+        changed: with the changed tasks' ids (comma-separated), or ``""`` or
+        ``None`` for any task. ``None``: streams poll."""
+        return None
+
+    def notify_changed(self, conn: Connection | Session, ids: Sequence[int]) -> None:
+        """Tell the change watchers of other processes, at commit, that the
+        tasks ``ids`` changed (progress, a kept result, a failure)."""
+
     # -- shared by the backends -------------------------------------------------
 
     def settle_on(
@@ -196,6 +213,18 @@ class Backend:
         """Write ``outcomes`` on ``conn`` (inside a write transaction)."""
         for stmt, rows in self.statements.settle_params(owner, outcomes, now):
             conn.execute(stmt, rows)
+        self.notify_settled(conn, outcomes)
+
+    def notify_settled(self, conn: Connection, outcomes: Outcomes) -> None:
+        """:meth:`notify_changed` for the kept and failed ones of ``outcomes``:
+        a success that is not kept deletes its row, which no stream can show,
+        and on the throughput path a notification per task would cost every
+        commit (see :ref:`streaming`)."""
+        if outcomes.kept or outcomes.failed:
+            self.notify_changed(
+                conn,
+                [k.id for k in outcomes.kept] + [f.id for f in outcomes.failed],
+            )
 
     def pool_capacity(self) -> int | None:
         """How many connections the engine's pool hands out at once, or

@@ -1,6 +1,6 @@
 """The :class:`PlainQueue` extension: registration and the workers, with
-enqueueing (perform.py) and the public read/admin API (management.py) mixed
-in."""
+enqueueing (perform.py), the public read/admin API (management.py,
+operations.py) and task streams (streaming.py) mixed in."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from .schema import Tables
 from .schema import TaskModel
 from .store import AppParts
 from .store import Store
+from .streaming import QueueStreaming
 from .tasks import import_task_modules
 from .tasks import TaskDecorators
 from .tasks import TaskDefinition
@@ -43,7 +44,9 @@ if t.TYPE_CHECKING:
 _T = t.TypeVar("_T")
 
 
-class PlainQueue(Enqueueing, TaskDecorators, QueueManagement, QueueOperations):
+class PlainQueue(
+    Enqueueing, TaskDecorators, QueueManagement, QueueOperations, QueueStreaming
+):
     """A persistent task queue stored in the app's own database.
 
     .. code-block:: python

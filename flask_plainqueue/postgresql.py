@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import Grouping
 
 from .backend import Backend
@@ -106,7 +107,11 @@ class PostgreSQLBackend(Backend):
         super().__init__(*args, **kwargs)
         #: The LISTEN/NOTIFY channel of this table.
         self.channel = self.statements.table.name[:63]
-        #: Whether inserts send NOTIFY (``PLAINQUEUE_NOTIFY``).
+        #: The channel on which changes of stored tasks (progress, kept
+        #: results, failures) are announced, with their ids, for streams.
+        self.changes_channel = f"{self.statements.table.name[:55]}_changes"
+        #: Whether inserts send NOTIFY (``PLAINQUEUE_NOTIFY``), and progress
+        #: and settles on :attr:`changes_channel`.
         self.notifies = self.config.notify
         c = self.statements.table.c
         self._notify_columns: tuple[sa.ColumnElement[t.Any], ...] = (
@@ -233,10 +238,26 @@ class PostgreSQLBackend(Backend):
     def watcher(self, on_change: ChangeCallback, name: str) -> Listener | None:
         return Listener(self, on_change, name=name) if self.notifies else None
 
+    def change_watcher(self, on_change: ChangeCallback, name: str) -> Listener | None:
+        if not self.notifies:
+            return None
+        return Listener(self, on_change, name=name, channel=self.changes_channel)
+
+    def notify_changed(self, conn: Connection | Session, ids: Sequence[int]) -> None:
+        if not self.notifies or not ids:
+            return
+        # A payload holds at most 8000 bytes: a few hundred ids each.
+        for start in range(0, len(ids), _IDS_PER_NOTIFY):
+            payload = ",".join(str(i) for i in ids[start : start + _IDS_PER_NOTIFY])
+            conn.execute(sa.select(sa.func.pg_notify(self.changes_channel, payload)))
+
     def is_missing_table(self, exc: BaseException) -> bool:
         orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
         return getattr(orig, "sqlstate", None) == UNDEFINED_TABLE
 
+
+#: Task ids per change notification (each at most 20 characters and a comma).
+_IDS_PER_NOTIFY = 300
 
 #: First wait before reconnecting a lost listening connection (seconds); it
 #: doubles up to :data:`RECONNECT_MAX`.
@@ -265,9 +286,16 @@ class Listener(WatcherThread):
     backend: PostgreSQLBackend
 
     def __init__(
-        self, backend: PostgreSQLBackend, on_notify: ChangeCallback, *, name: str
+        self,
+        backend: PostgreSQLBackend,
+        on_notify: ChangeCallback,
+        *,
+        name: str,
+        channel: str | None = None,
     ) -> None:
         super().__init__(backend, on_notify, name=name)
+        #: The channel listened on (default: the backend's, for new tasks).
+        self.channel = channel or backend.channel
         self._listening = threading.Event()
         # A self-pipe cuts the wait in select() short when stop() is called.
         self._wake_r, self._wake_w = os.pipe()
@@ -343,9 +371,7 @@ class Listener(WatcherThread):
                     )
                     lost_since = None
                 else:
-                    logger.debug(
-                        "Worker %s: listening on %r", self.name, self.backend.channel
-                    )
+                    logger.debug("Worker %s: listening on %r", self.name, self.channel)
                 self._listening.set()
                 # Tasks committed while nobody listened sent no notification here.
                 self._call(None)
@@ -439,7 +465,7 @@ class Listener(WatcherThread):
         return True
 
     def _listen_sql(self) -> str:
-        channel = self.backend.channel.replace('"', '""')
+        channel = self.channel.replace('"', '""')
         return f'LISTEN "{channel}"'
 
     def _call(self, payload: str | None) -> None:

@@ -366,6 +366,12 @@ class SQLiteBackend(Backend):
     def watcher(self, on_change: ChangeCallback, name: str) -> ChangeProbe:
         return ChangeProbe(self, on_change, name=name)
 
+    #: The probe sees every commit to the file, whichever connection made it.
+    changes_complete = True
+
+    def change_watcher(self, on_change: ChangeCallback, name: str) -> ChangeProbe:
+        return ChangeProbe(self, on_change, name=name)
+
     def is_missing_table(self, exc: BaseException) -> bool:
         # The cursor paths raise the driver's own errors, unwrapped.
         orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc

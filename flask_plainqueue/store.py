@@ -118,6 +118,11 @@ class Store:
         """Wake idle workers elsewhere when ``conn``'s transaction commits."""
         self.backend.notify(conn)
 
+    def notify_changed(self, conn: Connection | Session, ids: Sequence[int]) -> None:
+        """Wake the streams of tasks ``ids`` when ``conn``'s transaction commits
+        (see :meth:`.Backend.notify_changed`)."""
+        self.backend.notify_changed(conn, ids)
+
     # -- enqueue ------------------------------------------------------------
 
     def insert(
@@ -251,7 +256,10 @@ class Store:
             stmt = self.statements.keep_owned
             params = self.statements.kept_params(owner, kept)
         result = session.execute(stmt, params)
-        return t.cast(int, result.rowcount) == 1  # type: ignore[attr-defined]
+        held = t.cast(int, result.rowcount) == 1  # type: ignore[attr-defined]
+        if held and kept is not None:
+            self.notify_changed(session, [task.id])
+        return held
 
     def write_progress(self, owner: str, task: ClaimedTask, progress: str) -> bool:
         """Write a running task's progress (JSON text) in a short transaction of
@@ -266,7 +274,10 @@ class Store:
                     "b_progress": progress,
                 },
             )
-            return bool(result.rowcount == 1)
+            if result.rowcount != 1:
+                return False
+            self.notify_changed(conn, [task.id])
+            return True
 
     def extend(self, owner: str, ids: Sequence[int], until: datetime.datetime) -> int:
         """Move the lease of running tasks to ``until``; returns how many held."""

@@ -4,6 +4,7 @@ the contact."""
 
 from __future__ import annotations
 
+import datetime
 import typing as t
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 ROOT = Path(__file__).parent.parent.parent
+UTC = datetime.timezone.utc
 
 if t.TYPE_CHECKING:
     from types import ModuleType
@@ -143,3 +145,50 @@ def test_failed_email_stays_in_the_queue(
         assert contact.confirmation_sent is None
     page = client.get("/").get_data(as_text=True)
     assert "ConnectionError: mail server unreachable" in page
+
+
+def test_monthly_report_streams_its_progress_and_result(
+    app: Flask, client: FlaskClient
+) -> None:
+    from example_app.extensions import db
+    from example_app.extensions import queue
+    from example_app.models import Contact
+
+    app.config["REPORT_DAY_SECONDS"] = 0
+    with app.app_context():
+        for day in (3, 3, 17):
+            db.session.add(
+                Contact(
+                    email=f"c{day}-{len(db.session.new)}@example.com",
+                    created=datetime.datetime(2026, 11, day, 12, tzinfo=UTC),
+                )
+            )
+        db.session.commit()
+
+    # Only the logged-in admin starts and follows reports.
+    assert client.get("/reports/").status_code == 302
+    assert client.get("/reports/1/events").status_code == 302
+    client.post("/login", data={"password": "admin"})
+    assert client.post("/reports/", data={"month": "nope"}).status_code == 400
+    response = client.post("/reports/", data={"month": "2026-11"})
+    assert response.status_code == 302
+    task_id = int(response.headers["Location"].rsplit("/", 1)[1])
+    page = client.get(f"/reports/{task_id}").get_data(as_text=True)
+    assert f'data-events="/reports/{task_id}/events"' in page
+    assert '<script src="/static/report.js">' in page
+    assert "<script>" not in page  # nothing inline: CSP-friendly
+
+    with app.app_context():
+        assert queue.drain() == 1
+    events = client.get(f"/reports/{task_id}/events")
+    assert events.mimetype == "text/event-stream"
+    body = events.get_data(as_text=True)
+    assert "event: progress\nid: 1.succeeded.1." in body
+    assert 'data: {"done":30,"total":30}' in body
+    done = body.split("event: done\n", 1)[1]
+    assert done.split("\n")[1] == (
+        'data: {"state":"succeeded","result":{"month":"2026-11",'
+        '"signups":3,"busiest_day":3}}'
+    )
+    page = client.get(f"/reports/{task_id}").get_data(as_text=True)
+    assert "3 sign-ups in 2026-11" in page

@@ -154,6 +154,24 @@ def test_kept_case_with_tiny_n(tmp_path: Path) -> None:
         assert "error" not in result and result["rate"] > 0, (label, result)
 
 
+@pytest.mark.timeout(300)
+def test_stream_case_with_tiny_n(tmp_path: Path) -> None:
+    """The stream case alone, with 3 samples: the SQLite row is measured (and
+    the PostgreSQL one where a server runs)."""
+    out = tmp_path / "report"
+    proc = run_suite(out, "--cases", "stream", "--rounds", "1", "--samples", "3")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    data = json.loads((out / "results.json").read_text())
+    (scenario,) = data["scenarios"]
+    assert scenario["key"] == "stream"
+    (sqlite,) = scenario["runs"]["SQLite (change probe)"]
+    assert "error" not in sqlite and 0 < sqlite["p50_ms"] <= sqlite["p95_ms"]
+    if os.environ.get("TEST_POSTGRESQL_URL"):
+        (postgresql,) = scenario["runs"]["PostgreSQL (NOTIFY)"]
+        assert "error" not in postgresql, postgresql
+        assert 0 < postgresql["p50_ms"] <= postgresql["p95_ms"]
+
+
 def test_rejects_unknown_case(tmp_path: Path) -> None:
     proc = run_suite(tmp_path, "--cases", "enqueue,nonsense")
     assert proc.returncode == 2

@@ -21,6 +21,10 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from helpers import APPS
+from helpers import child_env
+from helpers import flask_args
+from helpers import Procs
+from helpers import procs_fixture
 from helpers import TIMEOUT
 from helpers import wait_for
 from werkzeug.serving import make_server
@@ -31,6 +35,7 @@ from flask_plainqueue.roster import WorkerRow
 
 pytestmark = pytest.mark.browser
 
+ROOT = APPS.parent.parent
 CHROMIUM = os.environ.get("CHROMIUM_BINARY", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
 FLAGS = [
@@ -517,3 +522,77 @@ def test_workers_page_pause_resume_and_why(browser: t.Any, site: Site) -> None:
         opsapp.released.set()
         worker.stop(0)
         thread.join(TIMEOUT)
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    yield from procs_fixture(tmp_path)
+
+
+def test_report_page_follows_a_task_of_flask_queue_work(
+    browser: t.Any, tmp_path: Path, procs: Procs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """example_app's report page: its EventSource on ``queue.stream`` moves the
+    progress bar while a ``flask queue work`` process runs the report, then
+    shows the result."""
+    from selenium.webdriver.common.by import By
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    import example_app
+    from example_app.extensions import db
+    from example_app.models import Contact
+
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    (instance / "config.py").write_text(
+        "REPORT_DAY_SECONDS = 0.1\nPLAINQUEUE_POLL_INTERVAL = 0.2\n"
+    )
+    app = example_app.create_app(instance_path=str(instance))
+    with app.app_context():
+        db.session.add(Contact(email="ann@example.com"))
+        db.session.commit()
+    worker = procs.start(
+        flask_args(
+            f"example_app:create_app(instance_path={str(instance)!r})", "queue", "work"
+        ),
+        env=child_env(),
+    )
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="example-server")
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        browser.get(f"{url}/login")
+        browser.find_element(By.NAME, "password").send_keys("admin")
+        browser.find_element(By.TAG_NAME, "form").submit()
+        browser.get(f"{url}/reports/")
+        browser.find_element(By.TAG_NAME, "form").submit()
+        wait_text(browser, "h1", "Monthly report")
+        bar = browser.find_element(By.ID, "report-progress")
+        values: set[str] = set()
+
+        def finished() -> bool:
+            values.add(bar.get_attribute("value"))
+            result = browser.find_element(By.ID, "report-result").text
+            return "1 sign-ups in" in result
+
+        wait_for(finished, interval=0.02, message=worker.output)
+        days = int(bar.get_attribute("max"))
+        assert bar.get_attribute("value") == str(days)
+        assert browser.find_element(By.ID, "report-state").text == "succeeded"
+        # Seen moving: values between empty and full, each an update.
+        assert len({v for v in values if v not in ("0", str(days))}) >= 2, values
+        screenshot_to(browser, tmp_path, "report")
+    finally:
+        server.shutdown()
+        thread.join(TIMEOUT)
+        server.server_close()
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+def screenshot_to(driver: t.Any, folder: Path, name: str) -> None:
+    target = folder / "screenshots"
+    target.mkdir(parents=True, exist_ok=True)
+    assert driver.save_screenshot(str(target / f"{name}.png"))
