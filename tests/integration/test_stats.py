@@ -6,6 +6,7 @@ SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import datetime
+import json
 import typing as t
 
 import pytest
@@ -266,3 +267,80 @@ def test_success_callbacks_and_timeouts_are_counted(env: Env) -> None:
     assert (slow_counts.failed, slow_counts.dead) == (1, 1)
     # A timed-out attempt counts its timeout as its run time.
     assert slow_counts.run_seconds == pytest.approx(0.2)
+
+
+def _cli(env: Env, *args: str) -> t.Any:
+    return env.app.test_cli_runner().invoke(args=["queue", "stats", *args])
+
+
+def _seed(env: Env) -> datetime.datetime:
+    """Known counts in the last hour and one older row; returns the minute."""
+    store = env.queue.store()
+    minute = store.clock().replace(second=0, microsecond=0)
+    history.add(
+        store,
+        [
+            MinuteRow(minute - datetime.timedelta(minutes=5), "mail", 10, 2, 1, 3.0),
+            MinuteRow(minute, "mail", 20, 0, 0, 3.0),
+            MinuteRow(minute, "resize", 3, 3, 0, 12.0),
+            MinuteRow(minute - datetime.timedelta(hours=3), "mail", 100, 0, 0, 1.0),
+        ],
+    )
+    return minute
+
+
+def test_cli_stats_prints_totals_per_task(env: Env) -> None:
+    _seed(env)
+    result = _cli(env, "--since", "1h")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("Finished attempts since ")
+    assert lines[1].split() == [
+        "TASK",
+        "SUCCEEDED",
+        "FAILED",
+        "DEAD",
+        "RUN",
+        "TIME",
+        "MEAN",
+        "PER",
+        "MIN",
+    ]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
+    period = env.queue.stats(since=3600).period_minutes
+    assert rows["mail"] == ["30", "2", "1", "6.000s", "0.188s", f"{32 / period:.2f}"]
+    assert rows["resize"][:5] == ["3", "3", "0", "12.000s", "2.000s"]
+    assert rows["(total)"][:4] == ["33", "5", "1", "18.000s"]
+    # The older row counts with a longer --since.
+    longer = _cli(env, "--since", "4h", "--name", "mail")
+    assert [line.split()[1] for line in longer.output.splitlines()[2:]] == [
+        "130",
+        "130",
+    ]
+
+
+def test_cli_stats_json_has_the_series(env: Env) -> None:
+    minute = _seed(env)
+    result = _cli(env, "--json", "--name", "mail")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["total"]["succeeded"] == 30 and data["total"]["dead"] == 1
+    assert [t["name"] for t in data["tasks"]] == ["mail"]
+    assert [(m["minute"], m["succeeded"]) for m in data["minutes"]] == [
+        ((minute - datetime.timedelta(minutes=5)).isoformat(), 10),
+        (minute.isoformat(), 20),
+    ]
+    assert data["total"]["per_minute"] == pytest.approx(
+        32 / env.queue.stats(since=3600).period_minutes, abs=0.01
+    )
+
+
+def test_cli_stats_without_counts_and_with_a_bad_since(env: Env) -> None:
+    empty = _cli(env, "--since", "10m")
+    assert empty.exit_code == 0
+    assert empty.output.startswith("No finished attempts since ")
+    bad = _cli(env, "--since", "soon")
+    assert bad.exit_code == 2 and "is not a duration" in bad.output
+    zero = _cli(env, "--since", "0s")
+    assert zero.exit_code != 0
+    assert zero.output.count("Error:") == 1 and "since" in zero.output
