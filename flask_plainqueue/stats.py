@@ -123,19 +123,22 @@ class Stats:
     ) -> list[tuple[datetime.datetime, StatsCounts]]:
         """The counts of task ``name`` (``None``: of every task) for each
         ``step`` minutes of the period, oldest first, empty ones included: what
-        a chart shows."""
+        a chart shows. Each starts at a multiple of ``step`` minutes since
+        midnight UTC (the first may begin before :attr:`since`)."""
         if step < 1:
             raise ValueError(f"step must be 1 minute or more, got {step!r}")
         width = datetime.timedelta(minutes=step)
+        midnight = self.since.replace(hour=0, minute=0)
+        first = midnight + ((self.since - midnight) // width) * width
         buckets: list[tuple[datetime.datetime, list[StatsCounts]]] = []
-        start = self.since
+        start = first
         while start < self.until:
             buckets.append((start, []))
             start += width
         for entry in self.minutes:
             if name is not None and entry.counts.name != name:
                 continue
-            index = int((entry.minute - self.since) // width)
+            index = int((entry.minute - first) // width)
             if 0 <= index < len(buckets):
                 buckets[index][1].append(entry.counts)
         return [(start, _summed(name, counts)) for start, counts in buckets]
