@@ -66,6 +66,7 @@ class Scheduler:
         self.presence = presence
         self.tally = tally
         self._next_flush = time.monotonic() + STATS_FLUSH_INTERVAL
+        self._stats_missing_reported = False
         self._stopped = False
         self._wake = threading.Event()
         #: Only the heartbeat, no ticks or housekeeping (a ``--burst`` worker).
@@ -243,6 +244,16 @@ class Scheduler:
                 logger.exception(
                     "Worker %s: could not write the task stats; will try again",
                     self.owner,
+                )
+            elif not self._stats_missing_reported:
+                # An app upgraded without its migration: say so once.
+                self._stats_missing_reported = True
+                logger.warning(
+                    "Worker %s: the stats table %r does not exist, so finished"
+                    " attempts are not recorded; create it with 'db.create_all()'"
+                    " or your migrations.",
+                    self.owner,
+                    self.store.tables.stats.name,
                 )
             return 0
 

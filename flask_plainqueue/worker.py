@@ -221,8 +221,8 @@ class Worker:
         collect(outcomes, task, outcome)
         count(counts, outcome, seconds)
         self.store.settle(self.id, outcomes, self.clock())
+        # Written by close(), once for all the tasks of an eager perform_many.
         self.tally.add(self.clock(), task.name, counts)
-        self.scheduler.flush_stats()
         self._reraise_interrupt()
         return True
 

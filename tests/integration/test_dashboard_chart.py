@@ -121,3 +121,16 @@ def test_overview_chart_without_counts(page: Page) -> None:
     svg = _svg(page.client.get("/queue/").text)
     assert _rects(svg) == []
     assert "0 succeeded and 0 failed" in svg
+
+
+def test_overview_without_the_stats_table(page: Page) -> None:
+    """An app upgraded without its migration still shows its overview."""
+    store = page.queue.store()
+    store.tables.stats.drop(store.engine)
+    try:
+        response = page.client.get("/queue/")
+        assert response.status_code == 200
+        assert "The stats table does not exist yet" in response.text
+        assert "<svg" not in response.text
+    finally:
+        store.tables.stats.create(store.engine)

@@ -344,3 +344,44 @@ def test_cli_stats_without_counts_and_with_a_bad_since(env: Env) -> None:
     zero = _cli(env, "--since", "0s")
     assert zero.exit_code != 0
     assert zero.output.count("Error:") == 1 and "since" in zero.output
+
+
+def test_eager_mode_writes_its_counts(database_uri: str, tmp_path: t.Any) -> None:
+    app, db, queue = create_test_app(
+        database_uri, tmp_path / "instance", PLAINQUEUE_EAGER=True
+    )
+
+    @queue.task(name="now")
+    def now(data: t.Any) -> None:
+        if data == "bad":
+            raise ValueError(data)
+
+    with app.app_context():
+        db.create_all()
+        try:
+            queue.perform_many("now", ["a", "b", "bad"])
+            total = queue.stats().total
+            assert (total.succeeded, total.failed) == (2, 1)
+        finally:
+            db.session.remove()
+            db.drop_all()
+            db.engine.dispose()
+
+
+def test_a_missing_stats_table_is_reported_once(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    _define(env)
+    env.queue.store().tables.stats.drop(env.db.engine)
+    env.queue.perform("ok", 1)
+    worker = env.queue.worker()
+    assert worker.drain() == 1
+    env.queue.perform("ok", 2)
+    assert worker.drain() == 1
+    warnings = [r for r in caplog.records if "stats table" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+    # Kept for when the table exists.
+    assert len(worker.tally) >= 1
+    env.queue.store().tables.stats.create(env.db.engine)
+    assert worker.scheduler.flush_stats() >= 1
+    assert env.queue.stats().total.succeeded == 2
