@@ -13,7 +13,6 @@ from .leases import Held
 from .leases import Leases
 from .pool import Batch
 from .pool import TaskPool
-from .runner import collect
 from .runner import COMMITTED
 from .runner import COMPLETED
 from .runner import Outcome
@@ -30,6 +29,16 @@ if t.TYPE_CHECKING:
 
 #: How often a worker waiting on a running batch looks at its deadlines.
 STOP_CHECK_INTERVAL = 0.1
+
+
+def collect(outcomes: Outcomes, task: ClaimedTask, outcome: Outcome) -> None:
+    """Add an attempt's outcome to those the worker writes next."""
+    if outcome == COMPLETED:
+        outcomes.completed.append((task.id, task.attempts))
+    elif isinstance(outcome, Failure):
+        outcomes.failed.append(outcome)
+    elif isinstance(outcome, Kept):
+        outcomes.kept.append(outcome)
 
 
 def count(counts: Counts, outcome: Outcome, seconds: float) -> None:

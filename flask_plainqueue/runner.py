@@ -50,16 +50,6 @@ COMMITTED = "committed"
 Outcome = str | Failure | Kept
 
 
-def collect(outcomes: Outcomes, task: ClaimedTask, outcome: Outcome) -> None:
-    """Add an attempt's outcome to those the worker writes next."""
-    if outcome == COMPLETED:
-        outcomes.completed.append((task.id, task.attempts))
-    elif isinstance(outcome, Failure):
-        outcomes.failed.append(outcome)
-    elif isinstance(outcome, Kept):
-        outcomes.kept.append(outcome)
-
-
 class TaskRunner:
     """Runs claimed tasks for one worker.
 

@@ -52,6 +52,7 @@ class Counts:
 
 
 Key = tuple[datetime.datetime, str]
+MINUTE = datetime.timedelta(minutes=1)
 
 
 def minute_of(when: datetime.datetime) -> datetime.datetime:
@@ -66,6 +67,9 @@ class Tally:
         self._lock = threading.Lock()
         self._counts: dict[Key, Counts] = {}
         self._dropped = 0
+        # The minute the last batch finished in: [start, end).
+        self._minute: datetime.datetime | None = None
+        self._minute_end = datetime.datetime.min
 
     def __len__(self) -> int:
         return len(self._counts)
@@ -75,8 +79,14 @@ class Tally:
         (``counts`` is kept: the caller must not change it afterwards)."""
         if not counts:
             return
-        key = (minute_of(when), name)
         with self._lock:
+            # Most batches finish in the minute of the one before: reuse its
+            # start (and its cached hash) instead of computing it again.
+            start = self._minute
+            if start is None or not start <= when < self._minute_end:
+                start = self._minute = minute_of(when)
+                self._minute_end = start + MINUTE
+            key = (start, name)
             pending = self._counts.get(key)
             if pending is None:
                 self._counts[key] = counts

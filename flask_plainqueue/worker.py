@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from . import signals
 from .batches import BatchRunner
+from .batches import collect
 from .batches import count
 from .batches import STOP_CHECK_INTERVAL
 from .clock import as_utc
@@ -26,7 +27,6 @@ from .exceptions import ConfigurationError
 from .leases import Leases
 from .presence import Presence
 from .roster import Paused
-from .runner import collect
 from .runner import TaskRunner
 from .scheduler import Scheduler
 from .statements import ClaimRequest
