@@ -29,6 +29,9 @@ if t.TYPE_CHECKING:
     from .info import TaskInfo as TaskInfo
     from .info import WorkerInfo as WorkerInfo
     from .schema import TaskState as TaskState
+    from .stats import Stats as Stats
+    from .stats import StatsCounts as StatsCounts
+    from .stats import StatsMinute as StatsMinute
     from .tasks import JSONValue as JSONValue
     from .tasks import TaskDefinition as TaskDefinition
     from .tasks import TaskOptions as TaskOptions
@@ -60,6 +63,9 @@ _EXPORTS = {
     "TaskNotFound": "exceptions",
     "TaskOptions": "tasks",
     "TaskState": "schema",
+    "Stats": "stats",
+    "StatsCounts": "stats",
+    "StatsMinute": "stats",
     "TransferError": "exceptions",
     "UniqueTaskWaiting": "exceptions",
     "UnknownTask": "exceptions",
@@ -80,6 +86,9 @@ __all__ = [
     "QueueStatus",
     "Reason",
     "Retry",
+    "Stats",
+    "StatsCounts",
+    "StatsMinute",
     "TaskDataError",
     "TaskDefinition",
     "TaskId",

@@ -157,7 +157,8 @@ class Backend:
         return None
 
     def upsert(self, table: sa.Table) -> t.Any:
-        """The dialect's ``INSERT`` that has ``on_conflict_do_nothing``."""
+        """The dialect's ``INSERT`` that has ``on_conflict_do_nothing`` and
+        ``on_conflict_do_update``."""
         raise NotImplementedError
 
     # -- the worker ---------------------------------------------------------

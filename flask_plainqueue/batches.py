@@ -13,11 +13,15 @@ from .leases import Held
 from .leases import Leases
 from .pool import Batch
 from .pool import TaskPool
-from .runner import collect
+from .runner import COMMITTED
+from .runner import COMPLETED
 from .runner import Outcome
 from .runner import TaskRunner
 from .statements import ClaimedTask
+from .statements import Failure
+from .statements import Kept
 from .statements import Outcomes
+from .tally import Counts
 
 if t.TYPE_CHECKING:
     from .store import AppParts
@@ -25,6 +29,31 @@ if t.TYPE_CHECKING:
 
 #: How often a worker waiting on a running batch looks at its deadlines.
 STOP_CHECK_INTERVAL = 0.1
+
+
+def collect(outcomes: Outcomes, task: ClaimedTask, outcome: Outcome) -> None:
+    """Add an attempt's outcome to those the worker writes next."""
+    if outcome == COMPLETED:
+        outcomes.completed.append((task.id, task.attempts))
+    elif isinstance(outcome, Failure):
+        outcomes.failed.append(outcome)
+    elif isinstance(outcome, Kept):
+        outcomes.kept.append(outcome)
+
+
+def count(counts: Counts, outcome: Outcome, seconds: float) -> None:
+    """Count a finished attempt for the stats: succeeded, or failed (and
+    dead). A :class:`~flask_plainqueue.Retry` request is no failure, and an
+    outcome dropped (finished after its timeout or its lease) was counted when
+    it timed out, or not at all."""
+    if outcome == COMPLETED or outcome == COMMITTED or isinstance(outcome, Kept):
+        counts.succeeded += 1
+    elif isinstance(outcome, Failure) and outcome.counts:
+        counts.failed += 1
+        counts.dead += outcome.dead
+    else:
+        return
+    counts.seconds += seconds
 
 
 class BatchRunner:
@@ -63,26 +92,30 @@ class BatchRunner:
         definition: TaskDefinition[t.Any, t.Any],
         tasks: Sequence[ClaimedTask],
         outcomes: Outcomes,
-    ) -> None:
-        """Run ``tasks`` (all of ``definition``) and add their outcomes to
-        ``outcomes``."""
+    ) -> Counts:
+        """Run ``tasks`` (all of ``definition``), add their outcomes to
+        ``outcomes`` and return their counts for the stats."""
         inline = len(tasks) == 1 and (
             definition.is_async or definition.options.timeout is None
         )
         held = self.leases.hold(
             tasks, extendable=self._extendable(definition), inline=inline
         )
+        counts = Counts()
         try:
             if inline:
                 # A batch of one runs on this thread: handing it to a pool thread
                 # and back would cost more than a no-op task. The watchdog extends
                 # its lease and hands it back after the grace period. (A sync task
                 # with a timeout needs the pool: only there can it be left behind.)
-                collect(outcomes, tasks[0], self._runner.attempt(definition, tasks[0]))
-                return
-            self._on_pool(definition, tasks, outcomes, held)
+                outcome, seconds = self._runner.timed(definition, tasks[0])
+                collect(outcomes, tasks[0], outcome)
+                count(counts, outcome, seconds)
+            else:
+                self._on_pool(definition, tasks, outcomes, held, counts)
         finally:
             self.leases.drop(held)
+        return counts
 
     def _extendable(self, definition: TaskDefinition[t.Any, t.Any]) -> bool:
         return not (
@@ -95,6 +128,7 @@ class BatchRunner:
         tasks: Sequence[ClaimedTask],
         outcomes: Outcomes,
         held: Held,
+        counts: Counts,
     ) -> None:
         batch = self._start_batch([(definition, task) for task in tasks])
         # A coroutine's timeout is enforced on the event loop (it is cancelled);
@@ -107,7 +141,7 @@ class BatchRunner:
             # Short waits: stop() may move the deadline earlier at any time.
             if batch.wait(STOP_CHECK_INTERVAL):
                 for i in range(len(tasks)):
-                    collect(outcomes, tasks[i], batch.result(i))
+                    self._collect(outcomes, counts, tasks[i], batch.result(i))
                 return
             now = time.monotonic()
             stop_at = self.leases.deadline()
@@ -117,19 +151,31 @@ class BatchRunner:
             # Record what finished; what runs on is failed or handed back.
             finished = batch.finished()
             for i in finished:
-                collect(outcomes, tasks[i], batch.result(i))
+                self._collect(outcomes, counts, tasks[i], batch.result(i))
             self.leases.release(held, [tasks[i] for i in finished])
             running = [task for i, task in enumerate(tasks) if i not in finished]
             if timed_out:
                 self.leases.release(held, running)
-                self._time_out(definition, running)
+                for failure in self._time_out(definition, running):
+                    count(counts, failure, limit or 0.0)
             else:
                 self.leases.hand_back(held)
             return
 
+    @staticmethod
+    def _collect(
+        outcomes: Outcomes,
+        counts: Counts,
+        task: ClaimedTask,
+        timed: tuple[Outcome, float],
+    ) -> None:
+        outcome, seconds = timed
+        collect(outcomes, task, outcome)
+        count(counts, outcome, seconds)
+
     def _start_batch(
         self, calls: list[tuple[TaskDefinition[t.Any, t.Any], ClaimedTask]]
-    ) -> Batch[Outcome]:
+    ) -> Batch[tuple[Outcome, float]]:
         # Under the lock: a timed-out batch replaces the pool, and a batch must
         # never be queued on one that was just shut down.
         with self._lock:
@@ -140,14 +186,15 @@ class BatchRunner:
                 self._pool = TaskPool(
                     min(256, biggest * self.concurrency), "plainqueue-task"
                 )
-            return self._pool.run_batch(self._runner.attempt, calls)
+            return self._pool.run_batch(self._runner.timed, calls)
 
     def _time_out(
         self, definition: TaskDefinition[t.Any, t.Any], tasks: Sequence[ClaimedTask]
-    ) -> None:
-        self._runner.time_out(definition, tasks)
+    ) -> list[Failure]:
+        failures = self._runner.time_out(definition, tasks)
         # The stuck threads keep their pool slots: later batches get a new pool.
         with self._lock:
             stuck, self._pool = self._pool, None
         if stuck is not None:
             stuck.shutdown()
+        return failures

@@ -1,5 +1,5 @@
 """The ``flask queue`` commands for operators: ``workers``, ``health``,
-``why``, ``pause`` and ``resume``. They use only
+``why``, ``pause``, ``resume`` and ``stats``. They use only
 :class:`~flask_plainqueue.PlainQueue`'s public API."""
 
 from __future__ import annotations
@@ -151,3 +151,47 @@ def add_ops_commands(group: AppGroup, queue: PlainQueue) -> None:
 
     _pause_command(True)
     _pause_command(False)
+
+    @group.command("stats")
+    @click.option(
+        "--since",
+        type=Duration(),
+        default="1h",
+        show_default=True,
+        help="How far back, e.g. 15m, 24h, 7d.",
+    )
+    @click.option("--name", "-n", default=None, help="Only this task name.")
+    @click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="Print JSON, with the per-minute series.",
+    )
+    @errors_as_click
+    def stats(since: float, name: str | None, as_json: bool) -> None:
+        """Print the finished attempts per task name (succeeded, failed,
+        dead, run time, per minute) as the workers counted them."""
+        result = queue.stats(since=since, name=name)
+        if as_json:
+            _echo_json(result.to_dict())
+            return
+        period = f"since {result.since:%Y-%m-%d %H:%M} UTC"
+        if not result.minutes:
+            click.echo(f"No finished attempts {period}.")
+            return
+        click.echo(f"Finished attempts {period}:")
+        rows = [["TASK", "SUCCEEDED", "FAILED", "DEAD", "RUN TIME", "MEAN", "PER MIN"]]
+        for counts in [*result.tasks, result.total]:
+            mean = counts.mean_seconds
+            rows.append(
+                [
+                    counts.name or "(total)",
+                    str(counts.succeeded),
+                    str(counts.failed),
+                    str(counts.dead),
+                    f"{counts.run_seconds:.3f}s",
+                    "-" if mean is None else f"{mean:.3f}s",
+                    f"{result.rate(counts):.2f}",
+                ]
+            )
+        _columns(rows)

@@ -29,6 +29,7 @@ DEFAULTS: Mapping[str, t.Any] = {
     "PLAINQUEUE_SQLITE_BUSY_TIMEOUT": 30.0,
     "PLAINQUEUE_KEEP_FAILED": 30 * 24 * 3600.0,
     "PLAINQUEUE_KEEP_SUCCEEDED": 0.0,
+    "PLAINQUEUE_KEEP_STATS": 7 * 24 * 3600.0,
     "PLAINQUEUE_NOTIFY": True,
     "PLAINQUEUE_DASHBOARD": False,
     "PLAINQUEUE_DASHBOARD_URL": "/queue",
@@ -48,6 +49,7 @@ RANGES: Mapping[str, tuple[float, float]] = {
     "PLAINQUEUE_SQLITE_BUSY_TIMEOUT": (0.0, 86400.0),
     "PLAINQUEUE_KEEP_FAILED": (0.0, validate.MAX_SECONDS),
     "PLAINQUEUE_KEEP_SUCCEEDED": (0.0, validate.MAX_SECONDS),
+    "PLAINQUEUE_KEEP_STATS": (0.0, validate.MAX_SECONDS),
 }
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -80,6 +82,9 @@ class QueueConfig:
     #: Seconds a succeeded task is kept with its result (the default of each
     #: task's ``keep_succeeded``); 0 deletes it at once.
     keep_succeeded: float = 0.0
+    #: Seconds the per-minute stats are kept before the worker prunes them;
+    #: ``None`` keeps.
+    keep_stats: float | None = 7 * 24 * 3600.0
     #: PostgreSQL: ``perform`` sends NOTIFY and idle workers LISTEN.
     notify: bool = True
     dashboard: bool = False
@@ -147,6 +152,7 @@ class QueueConfig:
                 f" http(s):// URL, or None for no link; got {back_url!r}."
             )
         keep_failed = c["PLAINQUEUE_KEEP_FAILED"]
+        keep_stats = c["PLAINQUEUE_KEEP_STATS"]
         heartbeat = _seconds(c, "PLAINQUEUE_HEARTBEAT", positive=True)
         worker_timeout = _seconds(c, "PLAINQUEUE_WORKER_TIMEOUT", positive=True)
         if worker_timeout <= heartbeat:
@@ -176,6 +182,9 @@ class QueueConfig:
                 None if keep_failed is None else _seconds(c, "PLAINQUEUE_KEEP_FAILED")
             ),
             keep_succeeded=_seconds(c, "PLAINQUEUE_KEEP_SUCCEEDED"),
+            keep_stats=(
+                None if keep_stats is None else _seconds(c, "PLAINQUEUE_KEEP_STATS")
+            ),
             notify=_flag(c, "PLAINQUEUE_NOTIFY"),
             dashboard=_flag(c, "PLAINQUEUE_DASHBOARD"),
             dashboard_url=dashboard_url.rstrip("/"),

@@ -38,6 +38,8 @@ from itsdangerous import URLSafeTimedSerializer
 from werkzeug.exceptions import HTTPException
 
 from .clock import utcnow
+from .dashboard_chart import chart
+from .dashboard_chart import CHART_PERIOD
 from .dashboard_ops import add_operation_views
 from .dashboard_ops import MISSING_TABLES
 from .dashboard_ops import unless_missing
@@ -183,8 +185,17 @@ def make_blueprint(queue: PlainQueue, name: str = "plainqueue") -> Blueprint:
             name: {s: sum(c[s] for c in names.values()) for s in STATES}
             for name, names in status.queues.items()
         }
+        stats = unless_missing(queue, lambda: queue.stats(since=CHART_PERIOD))
+        charted = request.args.get("chart", "").strip() or None
+        if stats is not None and charted not in stats.names:
+            charted = None
         return render_template(
-            "plainqueue/overview.html", status=status, per_queue=per_queue
+            "plainqueue/overview.html",
+            status=status,
+            per_queue=per_queue,
+            stats=stats,
+            charted=charted,
+            chart=None if stats is None else chart(stats, charted),
         )
 
     @bp.route("/tasks")

@@ -1,13 +1,15 @@
 """The operations half of :class:`~flask_plainqueue.PlainQueue`'s public API:
-the workers, a health check, why a task waits, and pausing. ``flask queue``
-and the dashboard use only these."""
+the workers, a health check, why a task waits, pausing, and the history of
+finished attempts. ``flask queue`` and the dashboard use only these."""
 
 from __future__ import annotations
 
+import datetime
 import typing as t
 from collections.abc import Sequence
 
 from . import diagnosis
+from . import history
 from . import validate
 from .exceptions import InvalidArgument
 from .info import Health
@@ -15,6 +17,9 @@ from .info import Paused
 from .info import Reason
 from .info import WorkerInfo
 from .roster import Roster
+from .stats import Stats
+from .stats import StatsCounts
+from .stats import StatsMinute
 from .tasks import MAX_QUEUE_LENGTH
 
 if t.TYPE_CHECKING:
@@ -23,6 +28,9 @@ if t.TYPE_CHECKING:
     from .config import QueueConfig
     from .runtime import AppRuntime
     from .store import Store
+
+#: The longest period :meth:`QueueOperations.stats` reads (seconds): a year.
+MAX_SINCE = 366 * 86400.0
 
 
 class QueueOperations:
@@ -99,6 +107,42 @@ class QueueOperations:
         .. versionadded:: 0.1
         """
         return Roster(self.store()).paused()
+
+    def stats(
+        self, since: float | datetime.timedelta = 3600.0, name: str | None = None
+    ) -> Stats:
+        """The finished attempts (succeeded, failed, dead, run time) per task
+        name and minute over the last ``since`` seconds (or timedelta), of
+        every task or of task ``name``, from the stats table the workers
+        write every few seconds (see :ref:`history`).
+
+        .. versionadded:: 0.1
+        """
+        seconds = validate.seconds(
+            "since", since, error=InvalidArgument, positive=True, maximum=MAX_SINCE
+        )
+        if name is not None:
+            name = validate.text("name", name, error=InvalidArgument)
+        store = self.store()
+        until = store.clock()
+        start = (until - datetime.timedelta(seconds=seconds)).replace(
+            second=0, microsecond=0
+        )
+        rows = history.read(store, start, name)
+        return Stats(
+            since=start,
+            until=until,
+            minutes=tuple(
+                StatsMinute(
+                    row.minute,
+                    StatsCounts(
+                        row.name, row.succeeded, row.failed, row.dead, row.run_seconds
+                    ),
+                )
+                for row in rows
+                if row.minute <= until
+            ),
+        )
 
     def _set_pause(self, queue: str | None, task: str | None, *, pause: bool) -> bool:
         targets = []

@@ -45,17 +45,9 @@ logger = logging.getLogger("flask_plainqueue.worker")
 COMPLETED = "completed"
 #: The outcome is already written (or deliberately dropped).
 SETTLED = "settled"
+#: The task succeeded and its success transaction committed.
+COMMITTED = "committed"
 Outcome = str | Failure | Kept
-
-
-def collect(outcomes: Outcomes, task: ClaimedTask, outcome: Outcome) -> None:
-    """Add an attempt's outcome to those the worker writes next."""
-    if outcome == COMPLETED:
-        outcomes.completed.append((task.id, task.attempts))
-    elif isinstance(outcome, Failure):
-        outcomes.failed.append(outcome)
-    elif isinstance(outcome, Kept):
-        outcomes.kept.append(outcome)
 
 
 class TaskRunner:
@@ -95,9 +87,10 @@ class TaskRunner:
 
     def time_out(
         self, definition: TaskDefinition[t.Any, t.Any], tasks: Sequence[ClaimedTask]
-    ) -> None:
+    ) -> list[Failure]:
         """Fail sync tasks that ran past their timeout and give up their leases now;
-        their threads run on, and whatever they return later is discarded."""
+        their threads run on, and whatever they return later is discarded.
+        Returns the failures written (none if they could not be)."""
         outcomes = Outcomes()
         limit = t.cast(float, definition.options.timeout)
         with self.app.app_context():
@@ -111,6 +104,7 @@ class TaskRunner:
                 except TaskDataError:
                     data = None
                 outcomes.failed.append(self._failed(definition, task, data, exc, limit))
+        failed = list(outcomes.failed)  # settle() empties outcomes
         try:
             self.store.settle(self.id, outcomes, self._now())
         except Exception:
@@ -119,9 +113,10 @@ class TaskRunner:
                 " and they run again",
                 self.id,
             )
-            return
+            return []
         for task in tasks:
             self._timed_out[(task.id, task.attempts)] = True
+        return failed
 
     def take_interrupt(self) -> BaseException | None:
         """The first ``KeyboardInterrupt`` or ``SystemExit`` a task, a callback
@@ -163,6 +158,14 @@ class TaskRunner:
         except BaseException as exc:
             self._interrupted(exc)
             return self._unrecorded(definition, task, exc)
+
+    def timed(
+        self, definition: TaskDefinition[t.Any, t.Any], task: ClaimedTask
+    ) -> tuple[Outcome, float]:
+        """:meth:`attempt`, and how long it took (seconds)."""
+        start = time.perf_counter()
+        outcome = self.attempt(definition, task)
+        return outcome, time.perf_counter() - start
 
     def _unrecorded(
         self,
@@ -392,7 +395,7 @@ class TaskRunner:
                 )
                 return SETTLED
             session.commit()
-            return SETTLED
+            return COMMITTED
         except BaseException as exc:
             self._interrupted(exc)
             session.rollback()

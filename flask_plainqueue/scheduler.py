@@ -1,5 +1,5 @@
-"""The worker's scheduler thread: periodic ticks and housekeeping, on time
-whatever the claim loops are doing."""
+"""The worker's scheduler thread: periodic ticks, housekeeping and the stats
+flush, on time whatever the claim loops are doing."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import threading
 import time
 import typing as t
 
+from . import history
 from .clock import as_utc
 from .clock import Clock
 from .statements import new_row
@@ -17,6 +18,7 @@ if t.TYPE_CHECKING:
     from .presence import Presence
     from .schedules import Schedule
     from .store import AppParts
+    from .tally import Tally
     from .tasks import TaskDefinition
 
 logger = logging.getLogger("flask_plainqueue.worker")
@@ -30,6 +32,9 @@ FIRST_HOUSEKEEPING = 10.0
 #: up to :data:`RETRY_MAX`.
 RETRY_MIN = 1.0
 RETRY_MAX = 30.0
+#: How often a worker adds what it counted to the stats table (seconds): a
+#: worker that dies loses at most this long of counts.
+STATS_FLUSH_INTERVAL = 10.0
 
 
 class Scheduler:
@@ -41,6 +46,8 @@ class Scheduler:
     :param owner: the worker's id, for log lines.
     :param clock: the worker's clock.
     :param presence: the worker's heartbeat and pauses, kept on this thread.
+    :param tally: the worker's counts of finished attempts, written to the
+        stats table every :data:`STATS_FLUSH_INTERVAL` seconds.
     """
 
     def __init__(
@@ -49,12 +56,17 @@ class Scheduler:
         owner: str,
         clock: Clock,
         presence: Presence | None = None,
+        *,
+        tally: Tally | None = None,
     ) -> None:
         self.parts = parts
         self.store = parts.store
         self.owner = owner
         self.clock = clock
         self.presence = presence
+        self.tally = tally
+        self._next_flush = time.monotonic() + STATS_FLUSH_INTERVAL
+        self._stats_missing_reported = False
         self._stopped = False
         self._wake = threading.Event()
         #: Only the heartbeat, no ticks or housekeeping (a ``--burst`` worker).
@@ -106,6 +118,13 @@ class Scheduler:
         wait = RETRY_MAX
         if self.presence is not None:
             wait = self.presence.step()
+        if self.tally is not None:
+            # Also in a --burst worker: its counts are its own.
+            now_mono = time.monotonic()
+            if now_mono >= self._next_flush:
+                self._next_flush = now_mono + STATS_FLUSH_INTERVAL
+                self.flush_stats()
+            wait = min(wait, self._next_flush - now_mono)
         if not self.presence_only:
             wait = min(wait, self.tick(), self.housekeeping())
         return wait
@@ -210,6 +229,34 @@ class Scheduler:
             )
         return True
 
+    # -- stats ------------------------------------------------------------------
+
+    def flush_stats(self) -> int:
+        """Add the worker's counts so far to the stats table; return how many
+        rows were written. A failed write is logged and its counts are kept
+        for the next flush."""
+        if self.tally is None or not len(self.tally):
+            return 0
+        try:
+            return self.tally.flush(self.store)
+        except Exception as exc:
+            if not self.store.is_missing_table(exc):
+                logger.exception(
+                    "Worker %s: could not write the task stats; will try again",
+                    self.owner,
+                )
+            elif not self._stats_missing_reported:
+                # An app upgraded without its migration: say so once.
+                self._stats_missing_reported = True
+                logger.warning(
+                    "Worker %s: the stats table %r does not exist, so finished"
+                    " attempts are not recorded; create it with 'db.create_all()'"
+                    " or your migrations.",
+                    self.owner,
+                    self.store.tables.stats.name,
+                )
+            return 0
+
     # -- housekeeping -----------------------------------------------------------
 
     def housekeeping(self) -> float:
@@ -235,8 +282,9 @@ class Scheduler:
         return min(self._next_prune, self._next_unknown) - time.monotonic()
 
     def prune(self) -> int:
-        """Delete dead tasks older than ``PLAINQUEUE_KEEP_FAILED`` and succeeded
-        tasks whose ``keep_succeeded`` period ended; return how many."""
+        """Delete dead tasks older than ``PLAINQUEUE_KEEP_FAILED``, succeeded
+        tasks whose ``keep_succeeded`` period ended, and stats older than
+        ``PLAINQUEUE_KEEP_STATS``; return how many tasks."""
         now = self.clock()
         keep = self.parts.config.keep_failed
         pruned = 0
@@ -252,6 +300,10 @@ class Scheduler:
                 self.owner,
                 expired,
             )
+        keep_stats = self.parts.config.keep_stats
+        if keep_stats is not None:
+            before = now - datetime.timedelta(seconds=keep_stats)
+            history.prune(self.store, before, max_batches=10)
         return pruned + expired
 
     def report_unknown_names(self) -> list[str]:

@@ -1,5 +1,6 @@
 """The queue's tables on the app's ``db.metadata``: the mapped task model, the
-periodic ticks, the running workers, the pauses, and the task states.
+periodic ticks, the running workers, the pauses, the per-minute counts of
+finished attempts, and the task states.
 
 Columns use plain SQLAlchemy types, so ``db.create_all()`` and Alembic's
 autogenerate (Flask-Migrate) render them without importing this package:
@@ -101,6 +102,8 @@ class Tables:
     workers: sa.Table
     #: The paused queues and task names.
     pauses: sa.Table
+    #: Finished attempts per task name and minute (see :mod:`.history`).
+    stats: sa.Table
 
     @property
     def tasks(self) -> sa.Table:
@@ -232,4 +235,20 @@ def build_tables(db: SQLAlchemy, table: str) -> Tables:
         sa.Column("name", sa.String(255), primary_key=True),
         sa.Column("paused_at", when, nullable=False),
     )
-    return Tables(model=model, periodic=periodic, workers=workers, pauses=pauses)
+    stats = sa.Table(
+        f"{table}_stats",
+        db.metadata,
+        # The minute's start (UTC) and the task name; every worker adds its
+        # counts to the same row.
+        sa.Column("minute", when, primary_key=True),
+        sa.Column("name", sa.String(255), primary_key=True),
+        # Failed attempts, the last one of a dead task included; dead: those
+        # that left their task dead.
+        sa.Column("succeeded", sa.Integer, nullable=False),
+        sa.Column("failed", sa.Integer, nullable=False),
+        sa.Column("dead", sa.Integer, nullable=False),
+        sa.Column("run_seconds", sa.Float, nullable=False),
+    )
+    return Tables(
+        model=model, periodic=periodic, workers=workers, pauses=pauses, stats=stats
+    )

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 from . import signals
 from .batches import BatchRunner
+from .batches import collect
+from .batches import count
 from .batches import STOP_CHECK_INTERVAL
 from .clock import as_utc
 from .clock import Clock
@@ -25,12 +27,13 @@ from .exceptions import ConfigurationError
 from .leases import Leases
 from .presence import Presence
 from .roster import Paused
-from .runner import collect
 from .runner import TaskRunner
 from .scheduler import Scheduler
 from .statements import ClaimRequest
 from .statements import Outcomes
 from .store import AppParts
+from .tally import Counts
+from .tally import Tally
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -136,9 +139,14 @@ class Worker:
             stopping=self._stop.is_set,
             on_freed=self.wake,
         )
-        #: Heartbeats, periodic ticks and housekeeping (its thread runs with
-        #: :meth:`run`).
-        self.scheduler = Scheduler(parts, self.id, self.clock, self.presence)
+        #: Finished attempts per task name and minute, not yet in the stats
+        #: table.
+        self.tally = Tally()
+        #: Heartbeats, periodic ticks, housekeeping and the stats flush (its
+        #: thread runs with :meth:`run`).
+        self.scheduler = Scheduler(
+            parts, self.id, self.clock, self.presence, tally=self.tally
+        )
         self._claims_failing_since: float | None = None
         self._claims_failure_logged = 0.0
         self._missing_table_since: float | None = None
@@ -162,8 +170,8 @@ class Worker:
         return self.leases.handed_back
 
     def run_once(self, now: datetime.datetime | None = None) -> int:
-        """Claim one batch, run it to the end, write the results; return how many
-        attempts ran (0 when nothing was due)."""
+        """Claim one batch, run it to the end, write the results and the stats;
+        return how many attempts ran (0 when nothing was due)."""
         if now is not None:
             # In UTC, as every time the queue writes (SQLite keeps no offset).
             now = as_utc(now)
@@ -174,10 +182,12 @@ class Worker:
         finally:
             self._fixed_now = None
             self.store.settle(self.id, outcomes, now or self.clock())
+            self.scheduler.flush_stats()
             self._reraise_interrupt()
 
     def drain(self) -> int:
-        """Run batches until none is due; return how many attempts ran."""
+        """Run batches until none is due, then write the results and the stats;
+        return how many attempts ran."""
         total = 0
         outcomes = Outcomes()
         self.presence.refresh_pauses()
@@ -194,6 +204,7 @@ class Worker:
                         return total
         finally:
             self.store.settle(self.id, outcomes, self.clock())
+            self.scheduler.flush_stats()
             self._reraise_interrupt()
 
     def run_task(self, task_id: int) -> bool:
@@ -205,10 +216,13 @@ class Worker:
         )
         if task is None:
             return False
-        outcome = self._runner.attempt(self.registry.get(task.name), task)
-        outcomes = Outcomes()
+        outcome, seconds = self._runner.timed(self.registry.get(task.name), task)
+        outcomes, counts = Outcomes(), Counts()
         collect(outcomes, task, outcome)
+        count(counts, outcome, seconds)
         self.store.settle(self.id, outcomes, self.clock())
+        # Written by close(), once for all the tasks of an eager perform_many.
+        self.tally.add(self.clock(), task.name, counts)
         self._reraise_interrupt()
         return True
 
@@ -306,11 +320,13 @@ class Worker:
             event.set()
 
     def close(self) -> None:
-        """Stop the helper threads, the thread pool and the event loop."""
+        """Stop the helper threads, the thread pool and the event loop; write
+        the stats counted since the last flush."""
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             watcher.stop()
         self.scheduler.stop()
+        self.scheduler.flush_stats()
         self.presence.unregister()
         self._batches.close()
         self._runner.close()
@@ -493,5 +509,6 @@ class Worker:
         )
         if not tasks:
             return 0
-        self._batches.run(definitions[tasks[0].name], tasks, outcomes)
+        counts = self._batches.run(definitions[tasks[0].name], tasks, outcomes)
+        self.tally.add(self._now(), tasks[0].name, counts)
         return len(tasks)

@@ -596,3 +596,66 @@ def screenshot_to(driver: t.Any, folder: Path, name: str) -> None:
     target = folder / "screenshots"
     target.mkdir(parents=True, exist_ok=True)
     assert driver.save_screenshot(str(target / f"{name}.png"))
+
+
+def test_overview_charts_a_day_of_history(browser: t.Any, site: Site) -> None:
+    import math
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from flask_plainqueue import history
+    from flask_plainqueue.history import MinuteRow
+
+    store = site.queue.store()
+    now = store.clock().replace(second=0, microsecond=0)
+    rows = []
+    # A day of two tasks: sign-up emails following the day, and invoices
+    # rendered in the morning, with an outage that failed some for an hour.
+    for back in range(24 * 60):
+        minute = now - datetime.timedelta(minutes=back)
+        hour = minute.hour + minute.minute / 60
+        emails = round(12 + 10 * math.sin((hour - 8) / 24 * 2 * math.pi))
+        rows.append(
+            MinuteRow(minute, "emails.send_welcome", emails, 0, 0, emails * 0.2)
+        )
+        if 6 <= hour < 12:
+            failing = 9 <= hour < 10
+            rows.append(
+                MinuteRow(
+                    minute,
+                    "invoices.render",
+                    2 if failing else 6,
+                    4 if failing else back % 7 == 0,
+                    int(failing and back % 3 == 0),
+                    6 * 1.5,
+                )
+            )
+    history.add(store, rows)
+
+    log_in(browser, site)
+    chart = browser.find_element(By.CSS_SELECTOR, ".pq-chart svg")
+    assert chart.size["height"] > 100 and chart.size["width"] > 600
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".pq-bar-ok")) >= 144
+    assert browser.find_elements(By.CSS_SELECTOR, ".pq-bar-failed")
+    # The page's CSP refused nothing (no inline style or script).
+    refused = [
+        entry["message"]
+        for entry in browser.get_log("browser")
+        if "Content Security Policy" in entry["message"]
+    ]
+    assert refused == []
+    browser.execute_script("document.getElementById('pq-history').scrollIntoView()")
+    screenshot(browser, site, "dashboard-history")
+
+    Select(browser.find_element(By.ID, "pq-chart-task")).select_by_value(
+        "invoices.render"
+    )
+    browser.find_element(By.CSS_SELECTOR, ".pq-chart-pick button").click()
+    wait_text(browser, ".pq-chart figcaption", "failed")
+    title = browser.find_element(By.CSS_SELECTOR, ".pq-chart svg title").get_attribute(
+        "textContent"
+    )
+    assert "task invoices.render" in title
+    # Only the morning has invoices: 6 hours of 24, 36 ten-minute bars.
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".pq-bar")) in (36, 37)

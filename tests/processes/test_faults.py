@@ -27,6 +27,7 @@ from helpers import wait_for
 
 from flask_plainqueue import TaskState
 from flask_plainqueue.runner import MAX_ERROR_LENGTH
+from flask_plainqueue.scheduler import STATS_FLUSH_INTERVAL
 
 pytestmark = pytest.mark.slow
 
@@ -292,3 +293,30 @@ def test_worker_with_a_fast_clock_uses_the_database_clock(
         assert info is not None and info.state is TaskState.SCHEDULED
     worker.signal(signal.SIGTERM)
     assert worker.wait() == 0, worker.output()
+
+
+def test_a_killed_worker_loses_at_most_its_last_flush_interval_of_counts(
+    procs: Procs, faultapp: t.Any
+) -> None:
+    """History: a running worker writes its counts from its scheduler thread
+    within STATS_FLUSH_INTERVAL, without stopping; kill -9 keeps what it
+    wrote, and loses at most what it counted since (never counts twice)."""
+    queue, app = faultapp.queue, faultapp.app
+    worker = _work(procs, faultapp)
+    with app.app_context():
+        for n in range(5):
+            queue.perform("ordinary", f"first-{n}")
+        wait_for(lambda: queue.count(name="ordinary") == 0, message=worker.output)
+        wait_for(
+            lambda: queue.stats(name="ordinary").total.succeeded == 5,
+            timeout=STATS_FLUSH_INTERVAL + 30,
+            message=worker.output,
+        )
+        # Written by the flush, not by a stop: the worker still runs.
+        assert worker.returncode is None
+        for n in range(3):
+            queue.perform("ordinary", f"second-{n}")
+        wait_for(lambda: queue.count(name="ordinary") == 0, message=worker.output)
+        worker.kill()
+        after_kill = queue.stats(name="ordinary").total.succeeded
+    assert 5 <= after_kill <= 8, after_kill

@@ -125,6 +125,7 @@ def test_generated_migration_runs_and_tasks_run_on_it(migrations: Migrations) ->
         "plainqueue_tasks_periodic",
         "plainqueue_tasks_workers",
         "plainqueue_tasks_paused",
+        "plainqueue_tasks_stats",
     }
 
 
@@ -167,6 +168,7 @@ def test_example_app_migrates_and_signs_up(database_uri: str, tmp_path: Path) ->
         "plainqueue_tasks_periodic",
         "plainqueue_tasks_workers",
         "plainqueue_tasks_paused",
+        "plainqueue_tasks_stats",
     }
     for table in tables:
         assert f"Detected added table '{table}'" in generated, generated
