@@ -20,7 +20,7 @@ from flask import Flask  # noqa: E402
 from flask_sqlalchemy import SQLAlchemy  # noqa: E402
 
 from flask_plainqueue import PlainQueue  # noqa: E402
-from flask_plainqueue.postgresql import Listener  # noqa: E402
+from flask_plainqueue.pg_listen import Listener  # noqa: E402
 
 
 def make(poll: float) -> tuple[Flask, SQLAlchemy, PlainQueue]:

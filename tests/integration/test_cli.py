@@ -705,7 +705,7 @@ def test_work_refuses_an_unknown_queue(
 def test_retry_notifies_idle_workers_on_postgresql(
     postgresql_uri: str, tmp_path: Path
 ) -> None:
-    from flask_plainqueue.postgresql import Listener
+    from flask_plainqueue.pg_listen import Listener
 
     app, db, queue = create_test_app(postgresql_uri, tmp_path)
 

@@ -19,9 +19,9 @@ import pytest
 import sqlalchemy as sa
 from conftest import create_test_app
 
+from flask_plainqueue import pg_listen
 from flask_plainqueue import PlainQueue
-from flask_plainqueue import postgresql
-from flask_plainqueue.postgresql import Listener
+from flask_plainqueue.pg_listen import Listener
 from flask_plainqueue.postgresql import PostgreSQLBackend
 
 pytestmark = pytest.mark.postgresql
@@ -178,8 +178,8 @@ def _terminate_listen(side: Side) -> int:
 def test_lost_connection_is_logged_once_each_way(
     sides: list[Side], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(postgresql, "RECONNECT_MIN", 0.01)
-    monkeypatch.setattr(postgresql, "RECONNECT_MAX", 0.05)
+    monkeypatch.setattr(pg_listen, "RECONNECT_MIN", 0.01)
+    monkeypatch.setattr(pg_listen, "RECONNECT_MAX", 0.05)
     side = sides[0]
     real_connect = Listener._connect
     down = threading.Event()
@@ -337,7 +337,7 @@ def test_health_checks_keep_the_connection_and_lose_nothing(
 ) -> None:
     """While idle the listener checks its connection with a query; notifications
     arriving meanwhile still reach the callback."""
-    monkeypatch.setattr(postgresql, "HEALTH_CHECK_INTERVAL", 0.01)
+    monkeypatch.setattr(pg_listen, "HEALTH_CHECK_INTERVAL", 0.01)
     side = sides[0]
 
     @side.queue.task(name="t")
