@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from flask_plainqueue.sqlite import WalWatch
+from flask_plainqueue.sqlite_watch import WalWatch
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="inotify is Linux's"
