@@ -5,8 +5,6 @@ API."""
 
 from __future__ import annotations
 
-import datetime
-import json
 import typing as t
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -14,57 +12,28 @@ from collections.abc import Sequence
 import click
 from flask.cli import AppGroup
 
+from .cli_format import describe
+from .cli_format import describe_paused
+from .cli_format import echo_json
+from .cli_format import pause_mark
+from .cli_format import plural
+from .cli_format import STATE_COLOURS
+from .cli_format import table
+from .cli_format import when
 from .cli_params import Duration
 from .cli_params import errors_as_click
 from .cli_params import TaskIdType
 from .exceptions import PlainQueueError
 from .exceptions import TransferError
 from .info import format_age
-from .info import Paused
 from .info import STATES
-from .info import TaskInfo
 from .schema import TaskState
 
 if t.TYPE_CHECKING:
     from .extension import PlainQueue
 
-_STATE_COLOURS = {
-    TaskState.PENDING: "cyan",
-    TaskState.SCHEDULED: "blue",
-    TaskState.RUNNING: "green",
-    TaskState.SUCCEEDED: "magenta",
-    TaskState.DEAD: "red",
-}
 #: The most rows ``list`` shows at once.
 MAX_LIMIT = 100_000
-
-
-def _when(value: datetime.datetime | None) -> str:
-    if value is None:
-        return "-"
-    return value.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'s' if n != 1 else ''}"
-
-
-def _table(rows: Sequence[Sequence[str]], styles: Sequence[str | None] = ()) -> None:
-    """Echo rows as left-aligned columns; the first row is the header.
-
-    ``styles`` gives a colour per data row for the state column (index 2).
-    """
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for index, row in enumerate(rows):
-        cells = []
-        for col, cell in enumerate(row):
-            text = cell.ljust(widths[col]) if col < len(row) - 1 else cell
-            if index == 0:
-                text = click.style(text, bold=True)
-            elif col == 2 and index - 1 < len(styles) and styles[index - 1]:
-                text = click.style(text, fg=styles[index - 1])
-            cells.append(text)
-        click.echo("  ".join(cells).rstrip())
 
 
 def _chosen_states(failed: bool, states: tuple[str, ...]) -> list[TaskState] | None:
@@ -72,10 +41,6 @@ def _chosen_states(failed: bool, states: tuple[str, ...]) -> list[TaskState] | N
     if failed:
         chosen.append(TaskState.DEAD)
     return sorted(set(chosen), key=STATES.index) or None
-
-
-def _echo_json(value: object) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=True))
 
 
 def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
@@ -90,7 +55,7 @@ def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
         the workers running tasks now, and what is paused."""
         result = queue.status(queue=queue_name)
         if as_json:
-            _echo_json(result.as_dict())
+            echo_json(result.as_dict())
             return
         if not result.counts:
             scope = f"Queue {queue_name!r} has no tasks." if queue_name else ""
@@ -104,7 +69,7 @@ def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
                 for name, counts in names.items()
             )
             paused = result.paused
-            marks = [_pause_mark(paused, name, q) for name, q, _ in per_name]
+            marks = [pause_mark(paused, name, q) for name, q, _ in per_name]
             if any(marks):
                 header.append("PAUSED")
             for (name, queue_of, counts), mark in zip(per_name, marks, strict=True):
@@ -124,7 +89,7 @@ def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
                 click.echo(click.style(line, bold=True) if index == 0 else line)
         click.echo("")
         if result.paused:
-            click.echo(f"Paused: {_describe_paused(result.paused)}")
+            click.echo(f"Paused: {describe_paused(result.paused)}")
         if result.oldest_pending_age is None:
             click.echo("Oldest pending: none (nothing is due)")
         else:
@@ -135,7 +100,7 @@ def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
         if result.workers:
             click.echo("Workers running tasks now:")
             for owner, n in result.workers.items():
-                click.echo(f"  {owner}  {_plural(n, 'task')}")
+                click.echo(f"  {owner}  {plural(n, 'task')}")
         else:
             click.echo("Workers running tasks now: none")
 
@@ -173,7 +138,7 @@ def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
         chosen = _chosen_states(failed, states)
         tasks = queue.tasks(state=chosen, name=name, queue=queue_name, limit=limit)
         if as_json:
-            _echo_json([info.as_dict() for info in tasks])
+            echo_json([info.as_dict() for info in tasks])
             return
         if not tasks:
             click.echo("No tasks.")
@@ -194,12 +159,12 @@ def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
                     f"{info.state.value} (paused)" if info.paused else info.state.value,
                     info.queue,
                     str(info.attempts),
-                    _when(info.run_at if waiting else info.created),
+                    when(info.run_at if waiting else info.created),
                     error,
                 ]
             )
-            styles.append(_STATE_COLOURS[info.state])
-        _table(rows, styles)
+            styles.append(STATE_COLOURS[info.state])
+        table(rows, styles)
         total = queue.count(state=chosen, name=name, queue=queue_name)
         if total > len(tasks):
             click.echo(f"({len(tasks)} of {total} shown; use --limit to see more)")
@@ -216,24 +181,24 @@ def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
         if info is None:
             raise click.ClickException(f"No task {task_id}.")
         if as_json:
-            _echo_json(info.as_dict())
+            echo_json(info.as_dict())
             return
         fields = [
             ("id", str(info.id)),
             ("name", info.name),
             (
                 "state",
-                click.style(info.state.value, fg=_STATE_COLOURS[info.state])
+                click.style(info.state.value, fg=STATE_COLOURS[info.state])
                 + (" (paused)" if info.paused else ""),
             ),
             ("queue", info.queue),
             ("priority", str(info.priority)),
-            ("created", _when(info.created)),
-            ("run at", _when(info.run_at)),
+            ("created", when(info.created)),
+            ("run at", when(info.run_at)),
             ("attempts", str(info.attempts)),
             ("failures", str(info.failed_nr)),
-            ("failed last", _when(info.failed_last)),
-            ("finished", _when(info.finished)),
+            ("failed last", when(info.failed_last)),
+            ("finished", when(info.finished)),
             ("lease owner", info.lease_owner or "-"),
             ("unique key", info.unique_key or "-"),
         ]
@@ -295,9 +260,9 @@ def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
             click.echo(f"No dead tasks{scope} to retry.")
             return
         if not yes:
-            click.confirm(f"Retry {_plural(count, 'dead task')}{scope}?", abort=True)
+            click.confirm(f"Retry {plural(count, 'dead task')}{scope}?", abort=True)
         retried = queue.retry_failed(name=name)
-        click.echo(f"Retried {_plural(len(retried), 'task')}.")
+        click.echo(f"Retried {plural(len(retried), 'task')}.")
 
     @group.command("delete", short_help="Delete tasks: IDs, or waiting ones by filter.")
     @click.argument("task_ids", metavar="[ID]...", nargs=-1, type=TaskIdType())
@@ -347,11 +312,9 @@ def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
             click.echo(f"No {kind} tasks{scope}.")
             return
         if not yes:
-            click.confirm(
-                f"Delete {_plural(count, f'{kind} task')}{scope}?", abort=True
-            )
+            click.confirm(f"Delete {plural(count, f'{kind} task')}{scope}?", abort=True)
         deleted = queue.delete_tasks(state=chosen, name=name, queue=queue_name)
-        click.echo(f"Deleted {_plural(deleted, f'{kind} task')}{scope}.")
+        click.echo(f"Deleted {plural(deleted, f'{kind} task')}{scope}.")
 
     @group.command("purge", short_help="Delete dead tasks (all or --older-than).")
     @click.option("--failed", is_flag=True, help="Delete dead tasks (required).")
@@ -385,10 +348,10 @@ def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
             return
         if not yes:
             click.confirm(
-                f"Delete {_plural(count, 'dead task')}{scope}{age}?", abort=True
+                f"Delete {plural(count, 'dead task')}{scope}{age}?", abort=True
             )
         deleted = queue.purge(older_than=older_than, name=name)
-        click.echo(f"Deleted {_plural(deleted, 'dead task')}{scope}{age}.")
+        click.echo(f"Deleted {plural(deleted, 'dead task')}{scope}{age}.")
 
     @group.command("export", short_help="Write waiting tasks as JSON Lines.")
     @click.argument(
@@ -413,7 +376,7 @@ def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
         name = getattr(output, "name", "-")
         where = "standard output" if name in ("-", "<stdout>") else name
         click.echo(
-            f"Exported {_plural(result.count, 'task')} ({result.dead} dead) to {where}.",
+            f"Exported {plural(result.count, 'task')} ({result.dead} dead) to {where}.",
             err=True,
         )
         if result.running:
@@ -441,7 +404,7 @@ def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
             result = queue.import_tasks(source)
         except TransferError as exc:
             raise click.ClickException(str(exc)) from exc
-        message = f"Imported {_plural(result.count, 'task')}"
+        message = f"Imported {plural(result.count, 'task')}"
         if result.duplicates:
             message += (
                 f"; skipped {result.duplicates} whose unique_key a waiting task"
@@ -454,28 +417,6 @@ def add_task_commands(group: AppGroup, queue: PlainQueue) -> None:
                 " app; its tasks were imported and wait for a worker that knows it.",
                 err=True,
             )
-
-
-def _pause_mark(paused: Paused, name: str, queue_name: str) -> str:
-    """What pauses a row's tasks: ``queue``, ``task``, both, or ``""``."""
-    return ", ".join(
-        kind
-        for kind, held in (
-            ("queue", queue_name in paused.queues),
-            ("task", name in paused.tasks),
-        )
-        if held
-    )
-
-
-def _describe_paused(paused: Paused) -> str:
-    parts = [f"queue {q!r}" for q in sorted(paused.queues)]
-    parts += [f"task {n!r}" for n in sorted(paused.tasks)]
-    return ", ".join(parts) + " ('flask queue resume' resumes)"
-
-
-def _describe(info: TaskInfo) -> str:
-    return f"task {info.id} ({info.name})"
 
 
 def _per_task(
@@ -500,7 +441,7 @@ def _per_task(
             failed = True
             continue
         if changed:
-            click.echo(f"{done.capitalize()} {_describe(info)}.")
+            click.echo(f"{done.capitalize()} {describe(info)}.")
             continue
         now_info = queue.get(task_id)
         if now_info is None:
