@@ -1,7 +1,8 @@
 """The ``flask queue`` command group and ``flask queue work``.
 
 The commands use only :class:`~flask_plainqueue.PlainQueue`'s public API; the
-inspection and admin commands are in :mod:`.cli_tasks`.
+inspection and admin commands are in :mod:`.cli_tasks`, export and import in
+:mod:`.cli_transfer`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .cli_params import describe_missing_table
 from .cli_params import errors_as_click
 from .cli_periodic import add_periodic_commands
 from .cli_tasks import add_task_commands
+from .cli_transfer import add_transfer_commands
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -141,6 +143,7 @@ def make_cli(queue: PlainQueue) -> AppGroup:
             os._exit(0)
 
     add_task_commands(group, queue)
+    add_transfer_commands(group, queue)
     add_periodic_commands(group, queue)
     add_ops_commands(group, queue)
     return group
