@@ -21,6 +21,7 @@ from .batches import BatchRunner
 from .batches import collect
 from .batches import count
 from .batches import STOP_CHECK_INTERVAL
+from .claim_failures import ClaimFailures
 from .clock import as_utc
 from .clock import Clock
 from .exceptions import ConfigurationError
@@ -47,11 +48,6 @@ logger = logging.getLogger(__name__)
 MIN_IDLE = 0.01
 #: How long after the grace period ``run()`` still waits for its claim loops.
 STOP_MARGIN = 0.5
-#: How long a missing queue table is waited for quietly before it is reported:
-#: under ``flask run`` the worker starts while the app may still be creating it.
-MISSING_TABLE_GRACE = 5.0
-#: While claiming keeps failing, how often it is logged again (seconds).
-FAILURE_LOG_INTERVAL = 60.0
 
 
 def new_worker_id() -> str:
@@ -147,10 +143,8 @@ class Worker:
         self.scheduler = Scheduler(
             parts, self.id, self.clock, self.presence, tally=self.tally
         )
-        self._claims_failing_since: float | None = None
-        self._claims_failure_logged = 0.0
-        self._missing_table_since: float | None = None
-        self._missing_table_reported = False
+        # What the claim loops report while claiming fails.
+        self._claim_failures = ClaimFailures(self.id, store)
 
     def _now(self) -> datetime.datetime:
         # run_once(now=...) pins the time for the whole batch (tests, replays).
@@ -355,14 +349,15 @@ class Worker:
         with self._lock:
             self._wake_events.append(wake)
         idle = MIN_IDLE
+        failures = self._claim_failures
         try:
             with self.store.pinned():
                 while not self._stop.is_set():
                     try:
                         ran = self._cycle(outcomes, None)
-                        self._claims_work_again()
+                        failures.succeeded()
                     except Exception as exc:
-                        self._claim_failed(exc, burst)
+                        failures.failed(exc, burst)
                         ran = 0
                     except BaseException:  # not a signal: this is not the main thread
                         logger.exception(
@@ -420,52 +415,6 @@ class Worker:
             if d.options.poll_interval is not None
         ]
         return min([self.config.poll_interval, *intervals])
-
-    def _claim_failed(self, exc: Exception, burst: bool) -> None:
-        now = time.monotonic()
-        if self.store.is_missing_table(exc):
-            # A setup step not done yet, not a crash: say so once, without a
-            # traceback per poll.
-            if self._missing_table_since is None:
-                self._missing_table_since = now
-            waited = now - self._missing_table_since
-            if self._missing_table_reported or (
-                waited < MISSING_TABLE_GRACE and not burst
-            ):
-                return
-            self._missing_table_reported = True
-            logger.warning(
-                "Worker %s: the queue table %r does not exist. Create it with"
-                " 'db.create_all()' or your migrations; until then no task can run.",
-                self.id,
-                self.store.table.name,
-            )
-            return
-        # A failing claim (e.g. the database restarting) is logged with its
-        # traceback once, then once a minute, and its recovery once.
-        if self._claims_failing_since is None:
-            self._claims_failing_since = self._claims_failure_logged = now
-            logger.exception("Worker %s: claiming failed; will retry", self.id)
-        elif now - self._claims_failure_logged >= FAILURE_LOG_INTERVAL:
-            self._claims_failure_logged = now
-            logger.error(
-                "Worker %s: claiming still fails after %.0fs: %s",
-                self.id,
-                now - self._claims_failing_since,
-                exc,
-            )
-        else:
-            logger.debug("Worker %s: claiming failed again: %s", self.id, exc)
-
-    def _claims_work_again(self) -> None:
-        self._missing_table_since = None
-        since, self._claims_failing_since = self._claims_failing_since, None
-        if since is not None:
-            logger.warning(
-                "Worker %s: claiming works again after %.1fs of failures",
-                self.id,
-                time.monotonic() - since,
-            )
 
     # -- one batch ------------------------------------------------------------
 
