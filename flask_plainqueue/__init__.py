@@ -32,9 +32,9 @@ if t.TYPE_CHECKING:
     from .stats import Stats as Stats
     from .stats import StatsCounts as StatsCounts
     from .stats import StatsMinute as StatsMinute
+    from .task_options import TaskOptions as TaskOptions
     from .tasks import JSONValue as JSONValue
     from .tasks import TaskDefinition as TaskDefinition
-    from .tasks import TaskOptions as TaskOptions
     from .worker import Worker as Worker
 
 # Imported on first use, not with the package: pytest imports the package for
@@ -61,7 +61,7 @@ _EXPORTS = {
     "TaskId": "enqueue",
     "TaskInfo": "info",
     "TaskNotFound": "exceptions",
-    "TaskOptions": "tasks",
+    "TaskOptions": "task_options",
     "TaskState": "schema",
     "Stats": "stats",
     "StatsCounts": "stats",

@@ -20,7 +20,7 @@ from .roster import Roster
 from .stats import Stats
 from .stats import StatsCounts
 from .stats import StatsMinute
-from .tasks import MAX_QUEUE_LENGTH
+from .task_options import MAX_QUEUE_LENGTH
 
 if t.TYPE_CHECKING:
     from flask import Flask

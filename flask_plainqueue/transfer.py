@@ -29,8 +29,8 @@ from .enqueue import MAX_DEPTH
 from .exceptions import TransferError
 from .schema import STATUS_DEAD
 from .schema import STATUS_QUEUED
-from .tasks import MAX_NAME_LENGTH
-from .tasks import MAX_QUEUE_LENGTH
+from .task_options import MAX_NAME_LENGTH
+from .task_options import MAX_QUEUE_LENGTH
 
 if t.TYPE_CHECKING:
     from .store import Store

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 
 if t.TYPE_CHECKING:
-    # Type-only back edge: tasks.py imports this module.
-    from .tasks import TaskOptions
+    # Type-only back edge: task_options is in a layer above this module.
+    from .task_options import TaskOptions
 
 #: What a task's data may be typed as: a JSON value, read as loosely as a
 #: TypedDict needs (a TypedDict is a ``Mapping[str, object]``, not a
