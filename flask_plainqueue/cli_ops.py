@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import typing as t
 from collections.abc import Sequence
@@ -12,6 +11,7 @@ from collections.abc import Sequence
 import click
 from flask.cli import AppGroup
 
+from .cli_format import echo_json
 from .cli_params import Duration
 from .cli_params import errors_as_click
 from .cli_params import TaskIdType
@@ -21,10 +21,6 @@ if t.TYPE_CHECKING:
     from .extension import PlainQueue
 
 _WORKER_COLOURS = {"running": "green", "stopping": "yellow", "lost": "red"}
-
-
-def _echo_json(value: object) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=True))
 
 
 def _columns(rows: Sequence[Sequence[str]]) -> None:
@@ -54,7 +50,7 @@ def add_ops_commands(group: AppGroup, queue: PlainQueue) -> None:
         heartbeat age and the tasks each runs now."""
         found = queue.workers()
         if as_json:
-            _echo_json([w.as_dict() for w in found])
+            echo_json([w.as_dict() for w in found])
             return
         if not found:
             click.echo("No workers registered.")
@@ -95,7 +91,7 @@ def add_ops_commands(group: AppGroup, queue: PlainQueue) -> None:
         else 1 with the reason: for container and systemd health checks."""
         result = queue.health(max_age=max_age, queues=list(queues) or None)
         if as_json:
-            _echo_json(result.as_dict())
+            echo_json(result.as_dict())
         elif result.ok:
             age = result.oldest_due_age
             waited = "no task is due" if age is None else f"oldest due {age:.1f}s"
@@ -114,7 +110,7 @@ def add_ops_commands(group: AppGroup, queue: PlainQueue) -> None:
         sentence."""
         reason = queue.why(task_id)
         if as_json:
-            _echo_json(reason.as_dict())
+            echo_json(reason.as_dict())
         else:
             click.echo(f"{click.style(reason.code, bold=True)}: {reason.message}")
 
@@ -173,7 +169,7 @@ def add_ops_commands(group: AppGroup, queue: PlainQueue) -> None:
         dead, run time, per minute) as the workers counted them."""
         result = queue.stats(since=since, name=name)
         if as_json:
-            _echo_json(result.to_dict())
+            echo_json(result.to_dict())
             return
         period = f"since {result.since:%Y-%m-%d %H:%M} UTC"
         if not result.minutes:

@@ -3,6 +3,7 @@ and why a task is not running."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import typing as t
 from collections.abc import Sequence
@@ -35,23 +36,10 @@ def workers(
     result = []
     for row in rows:
         age = max(0.0, (now - row.heartbeat).total_seconds())
-        state = "lost" if age > config.worker_timeout else row.state
+        stored = dataclasses.asdict(row)
+        stored["state"] = "lost" if age > config.worker_timeout else row.state
         result.append(
-            WorkerInfo(
-                id=row.id,
-                host=row.host,
-                pid=row.pid,
-                kind=row.kind,
-                queues=row.queues,
-                tasks=row.tasks,
-                concurrency=row.concurrency,
-                version=row.version,
-                state=state,
-                started=row.started,
-                heartbeat=row.heartbeat,
-                heartbeat_age=age,
-                running=tuple(held.get(row.id, ())),
-            )
+            WorkerInfo(**stored, heartbeat_age=age, running=tuple(held.get(row.id, ())))
         )
     return result
 

@@ -326,9 +326,8 @@ def _iso(value: datetime.datetime | None) -> str | None:
 
 
 @dataclasses.dataclass(frozen=True)
-class WorkerInfo:
-    """A worker registered in the workers table, as
-    :meth:`~flask_plainqueue.PlainQueue.workers` returns it.
+class WorkerRecord:
+    """A worker's row in the workers table, as it registered itself.
 
     .. versionadded:: 0.1
     """
@@ -346,11 +345,21 @@ class WorkerInfo:
     concurrency: int
     #: The flask-plainqueue version it runs.
     version: str
-    #: ``running``, ``stopping``, or ``lost`` (no heartbeat for longer than
-    #: ``PLAINQUEUE_WORKER_TIMEOUT``).
+    #: ``running`` or ``stopping`` as stored; :class:`WorkerInfo` also says
+    #: ``lost`` (no heartbeat for longer than ``PLAINQUEUE_WORKER_TIMEOUT``).
     state: str
     started: datetime.datetime
     heartbeat: datetime.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerInfo(WorkerRecord):
+    """A registered worker with what the database says of it now, as
+    :meth:`~flask_plainqueue.PlainQueue.workers` returns it.
+
+    .. versionadded:: 0.1
+    """
+
     #: Seconds since its last heartbeat.
     heartbeat_age: float
     #: The ids of the tasks it holds under an unexpired lease.

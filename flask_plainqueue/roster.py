@@ -21,6 +21,7 @@ from .clock import as_utc
 
 # Re-exported: presence and worker import it from here.
 from .info import Paused as Paused
+from .info import WorkerRecord
 from .schema import STATUS_QUEUED
 
 if t.TYPE_CHECKING:
@@ -30,22 +31,8 @@ if t.TYPE_CHECKING:
 PAUSE_KINDS = ("queue", "task")
 
 
-@dataclasses.dataclass(frozen=True)
-class WorkerRow:
-    """A worker as registered (see :class:`~flask_plainqueue.WorkerInfo` for
-    what the public API shows)."""
-
-    id: str
-    host: str
-    pid: int
-    kind: str
-    queues: tuple[str, ...] | None
-    tasks: tuple[str, ...]
-    concurrency: int
-    version: str
-    state: str
-    started: datetime.datetime
-    heartbeat: datetime.datetime
+#: A worker's row as stored.
+WorkerRow = WorkerRecord
 
 
 class Roster:
