@@ -134,6 +134,45 @@ class PostgreSQLBackend(Backend):
 
         return insert(table)
 
+    def settle_on(
+        self, conn: Connection, owner: str, outcomes: Outcomes, now: t.Any
+    ) -> None:
+        # Several completed tasks go in one set-based DELETE (two arrays,
+        # unnested), not one statement each: a batch of 100 was 100 executions.
+        many = len(outcomes.completed) > 1
+        if many:
+            ids, attempts = zip(*outcomes.completed, strict=True)
+            conn.execute(
+                self._delete_completed(),
+                {"owner": owner, "ids": list(ids), "attempts": list(attempts)},
+            )
+        for stmt, rows in self.statements.settle_params(
+            owner, outcomes, now, completed=not many
+        ):
+            conn.execute(stmt, rows)
+        self.notify_settled(conn, outcomes)
+
+    def _delete_completed(self) -> sa.Executable:
+        stmt = self._statements.get("delete_completed")
+        if stmt is None:
+            table = self.statements.table
+            c = table.c
+            done = (
+                sa.func.unnest(
+                    sa.bindparam("ids", type_=ARRAY(sa.BigInteger)),
+                    sa.bindparam("attempts", type_=ARRAY(sa.Integer)),
+                )
+                .table_valued("id", "attempts")
+                .render_derived(name="done")
+            )
+            # Fenced as each per-task delete was: by owner and attempt.
+            stmt = self._statements["delete_completed"] = sa.delete(table).where(
+                c.id == done.c.id,
+                c.attempts == done.c.attempts,
+                c.lease_owner == sa.bindparam("owner"),
+            )
+        return stmt
+
     def claim(
         self, request: ClaimRequest, outcomes: Outcomes | None
     ) -> Sequence[t.Any]:

@@ -339,11 +339,17 @@ class Statements:
     # -- outcomes -------------------------------------------------------------
 
     def settle_params(
-        self, owner: str, outcomes: Outcomes, now: datetime.datetime
+        self,
+        owner: str,
+        outcomes: Outcomes,
+        now: datetime.datetime,
+        *,
+        completed: bool = True,
     ) -> list[tuple[sa.Executable, list[dict[str, t.Any]]]]:
-        """The statements that write ``outcomes``, each with its parameter sets."""
+        """The statements that write ``outcomes``, each with its parameter sets
+        (with ``completed=False``, all but the deletes of completed tasks)."""
         writes: list[tuple[sa.Executable, list[dict[str, t.Any]]]] = []
-        if outcomes.completed:
+        if outcomes.completed and completed:
             writes.append(
                 (
                     self.delete_owned,

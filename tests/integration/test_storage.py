@@ -321,6 +321,29 @@ def test_claim_takes_a_batch_in_order_and_leases_it(env: Env, noop: t.Any) -> No
 
 
 @pytest.mark.usefixtures("app_ctx")
+def test_settle_deletes_only_the_attempts_it_holds(env: Env, noop: t.Any) -> None:
+    """Completions are fenced by owner and attempt, whole batches at once (one
+    set-based DELETE on PostgreSQL): an owner that claimed a task again after
+    its own lease ran out cannot delete it with the older attempt."""
+    ids = [env.queue.perform(noop, i) for i in range(3)]
+    store = env.queue.store(env.app)
+    now = datetime.datetime.now(UTC)
+    first = _claim(env, "w1", now)
+    again = _claim(env, "w1", now + datetime.timedelta(seconds=31))
+    assert [c.id for c in again] == ids and all(c.attempts == 2 for c in again)
+    stale = Outcomes(completed=[(c.id, c.attempts) for c in first])
+    store.settle("w1", stale, now)
+    assert [r.id for r in _rows(env)] == ids
+    mixed = Outcomes(
+        completed=[(ids[0], 2), (ids[1], 1), (ids[2], 2)]  # the middle one is old
+    )
+    store.settle("w1", mixed, now)
+    assert [r.id for r in _rows(env)] == [ids[1]]
+    store.settle("w2", Outcomes(completed=[(ids[1], 2)]), now)  # not its task
+    assert [r.id for r in _rows(env)] == [ids[1]]
+
+
+@pytest.mark.usefixtures("app_ctx")
 def test_claim_picks_the_name_of_the_next_task(env: Env, noop: t.Any) -> None:
     @env.queue.task(name="other")
     def other(data: t.Any) -> None:
