@@ -38,7 +38,10 @@ def _row(env: Env, task_id: int) -> t.Any:
 
 def _run_burst(env: Env, **kwargs: t.Any) -> None:
     """A worker in burst mode on a thread of its own, as `flask queue work
-    --burst` runs it; fails the test if the thread dies instead of returning."""
+    --burst` runs it; fails the test if the thread dies instead of returning.
+    One claim loop unless told otherwise, so tasks run in claim order (the
+    tests check the order: a later task still runs after a bad one)."""
+    kwargs.setdefault("concurrency", 1)
     worker = env.queue.worker(env.app, **kwargs)
     errors: list[BaseException] = []
 
