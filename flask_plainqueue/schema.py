@@ -150,6 +150,14 @@ def build_tables(db: SQLAlchemy, table: str) -> Tables:
     big_id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
     when = sa.DateTime(timezone=True)
     unique = sa.text(f"unique_key IS NOT NULL AND status = '{STATUS_QUEUED}'")
+    # Each index holds the rows of one status only, so kept and dead rows
+    # never weigh on a claim: keeping a task moves its row out of the claim
+    # indexes (an index delete, as deleting it would be) instead of into
+    # another part of them. The statements name the status as a literal, so
+    # both planners can prove a partial index applies.
+    queued = sa.text(f"status = '{STATUS_QUEUED}'")
+    dead = sa.text(f"status = '{STATUS_DEAD}'")
+    succeeded = sa.text(f"status = '{STATUS_SUCCEEDED}'")
     attrs: dict[str, t.Any] = {
         "__tablename__": table,
         "__table_args__": (
@@ -158,9 +166,38 @@ def build_tables(db: SQLAlchemy, table: str) -> Tables:
             # backlog. Plain columns only (``claim_rank`` instead of a
             # descending ``priority``), which Alembic can compare on SQLite too.
             sa.Index(
-                f"ix_{table}_claim", "status", "name", "claim_rank", "run_at", "id"
+                f"ix_{table}_claim",
+                "status",
+                "name",
+                "claim_rank",
+                "run_at",
+                "id",
+                sqlite_where=queued,
+                postgresql_where=queued,
             ),
-            sa.Index(f"ix_{table}_due", "status", "claim_rank", "run_at", "id"),
+            sa.Index(
+                f"ix_{table}_due",
+                "status",
+                "claim_rank",
+                "run_at",
+                "id",
+                sqlite_where=queued,
+                postgresql_where=queued,
+            ),
+            sa.Index(
+                f"ix_{table}_dead",
+                "status",
+                "name",
+                sqlite_where=dead,
+                postgresql_where=dead,
+            ),
+            sa.Index(
+                f"ix_{table}_expiry",
+                "status",
+                "run_at",
+                sqlite_where=succeeded,
+                postgresql_where=succeeded,
+            ),
             sa.Index(
                 f"ux_{table}_unique_key",
                 "name",

@@ -159,7 +159,10 @@ class Statements:
         #: (``ix_<table>_claim``) has it: see :meth:`named`.
         self.name_order = (c.name, *self.order)
         #: A task that may be claimed at ``:now``.
-        self.due = sa.and_(c.status == STATUS_QUEUED, c.run_at <= sa.bindparam("now"))
+        self.due = sa.and_(
+            c.status == sa.literal_column(f"'{STATUS_QUEUED}'"),
+            c.run_at <= sa.bindparam("now"),
+        )
         #: What a claim returns, as :class:`ClaimedTask` takes it.
         self.claim_returning = (
             c.id,
@@ -435,7 +438,7 @@ class Statements:
     ) -> sa.ColumnElement[bool]:
         """Dead tasks (of task ``name``) whose last failure is before ``before``."""
         c = self.table.c
-        where = c.status == STATUS_DEAD
+        where = c.status == sa.literal_column(f"'{STATUS_DEAD}'")
         if before is not None:
             where = sa.and_(where, sa.func.coalesce(c.failed_last, c.created) < before)
         if name is not None:
@@ -446,7 +449,9 @@ class Statements:
         """Kept succeeded tasks whose keep period ended by ``now``: in the due
         index's ``status`` range, so no claim's index range holds them."""
         c = self.table.c
-        return sa.and_(c.status == STATUS_SUCCEEDED, c.run_at <= now)
+        return sa.and_(
+            c.status == sa.literal_column(f"'{STATUS_SUCCEEDED}'"), c.run_at <= now
+        )
 
     def delete_batch(self, where: sa.ColumnElement[bool], batch: int) -> sa.Delete:
         """Delete up to ``batch`` of the rows matching ``where``, so a large
