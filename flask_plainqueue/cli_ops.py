@@ -12,6 +12,7 @@ import click
 from flask.cli import AppGroup
 
 from .cli_format import echo_json
+from .cli_format import table
 from .cli_params import Duration
 from .cli_params import errors_as_click
 from .cli_params import TaskIdType
@@ -21,15 +22,6 @@ if t.TYPE_CHECKING:
     from .extension import PlainQueue
 
 _WORKER_COLOURS = {"running": "green", "stopping": "yellow", "lost": "red"}
-
-
-def _columns(rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for index, row in enumerate(rows):
-        line = "  ".join(
-            cell.ljust(width) for cell, width in zip(row, widths, strict=True)
-        )
-        click.echo(click.style(line.rstrip(), bold=index == 0))
 
 
 def _ids(ids: Sequence[int], most: int = 5) -> str:
@@ -68,7 +60,7 @@ def add_ops_commands(group: AppGroup, queue: PlainQueue) -> None:
                     _ids(w.running),
                 ]
             )
-        _columns(rows)
+        table(rows, [_WORKER_COLOURS.get(w.state) for w in found])
 
     @group.command("health")
     @click.option(
@@ -190,4 +182,4 @@ def add_ops_commands(group: AppGroup, queue: PlainQueue) -> None:
                     f"{result.rate(counts):.2f}",
                 ]
             )
-        _columns(rows)
+        table(rows)

@@ -8,7 +8,6 @@ import datetime
 import logging
 import os
 import socket
-import threading
 import time
 import typing as t
 from collections.abc import Callable
@@ -84,19 +83,21 @@ class Presence:
         self._missing_reported = False
         self._next_beat = 0.0
         self._next_pauses = 0.0
-        self._lock = threading.Lock()
+        # Fixed for the worker's life: not looked up again on every heartbeat.
+        self._host = socket.gethostname()[:255]
+        self._version = library_version()[:32]
 
     def row(self, now: datetime.datetime) -> WorkerRow:
         """This worker's row as of ``now``."""
         return WorkerRow(
             id=self.id,
-            host=socket.gethostname()[:255],
+            host=self._host,
             pid=os.getpid(),
             kind=self.kind,
             queues=self.queues,
             tasks=tuple(self.parts.registry.names()),
             concurrency=self.concurrency,
-            version=library_version()[:32],
+            version=self._version,
             state="stopping" if self._stopping() else "running",
             started=now,
             heartbeat=now,
@@ -183,8 +184,7 @@ class Presence:
         except Exception as exc:
             self._failed(exc, "could not read the pauses")
             return self.paused
-        if paused != self.paused:
-            self.paused = paused
+        self.paused = paused
         return paused
 
     def _failed(self, exc: Exception, what: str) -> None:

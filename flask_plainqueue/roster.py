@@ -27,10 +27,6 @@ from .schema import STATUS_QUEUED
 if t.TYPE_CHECKING:
     from .store import Store
 
-#: What a pause names.
-PAUSE_KINDS = ("queue", "task")
-
-
 #: A worker's row as stored.
 WorkerRow = WorkerRecord
 
@@ -183,13 +179,6 @@ class Roster:
             if deleted:
                 self.store.notify(conn)
             return bool(deleted)
-
-    def pause_times(self) -> dict[tuple[str, str], datetime.datetime]:
-        """When each pause began, by ``(kind, name)``."""
-        p = self.pauses
-        with self.store.read() as conn:
-            rows = conn.execute(sa.select(p.c.kind, p.c.name, p.c.paused_at)).all()
-        return {(k, n): as_utc(when) for k, n, when in rows}
 
 
 def _values(row: WorkerRow) -> dict[str, t.Any]:
