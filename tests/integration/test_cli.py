@@ -16,78 +16,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from click.testing import Result
 from conftest import create_test_app
 from conftest import Env
+from helpers import Ops
+from helpers import OWNER
 
 from flask_plainqueue import InvalidArgument
-from flask_plainqueue import PlainQueue
 from flask_plainqueue import PlainQueueError
-from flask_plainqueue import TaskInfo
 from flask_plainqueue import TaskState
 from flask_plainqueue import UniqueTaskWaiting
 from flask_plainqueue.clock import as_utc
-from flask_plainqueue.statements import ClaimRequest
 
 #: The owner ``Ops.claim`` leases tasks to, like a worker's id.
-OWNER = "host:1:abc"
-
-
-class Ops(t.NamedTuple):
-    env: Env
-    queue: PlainQueue
-
-    def cli(self, *args: str, input: str | None = None, color: bool = False) -> Result:
-        return self.env.app.test_cli_runner().invoke(
-            args=["queue", *args], input=input, color=color
-        )
-
-    def fail_dead(self, data: t.Any = None, *, name: str = "t.fail") -> int:
-        """Perform a task that fails for good, run it, and return its id."""
-        task_id = self.queue.perform(name, data)
-        self.queue.drain()
-        return task_id
-
-    def info(self, task_id: int) -> TaskInfo:
-        info = self.queue.get(task_id)
-        assert info is not None, task_id
-        return info
-
-    def row(self, task_id: int) -> t.Any:
-        """The stored row, as the database has it (or ``None``)."""
-        table = self.queue.Task.__table__
-        with self.env.db.engine.connect() as conn:
-            return conn.execute(sa.select(table).where(table.c.id == task_id)).first()
-
-    def set_row(self, task_id: int, **values: t.Any) -> None:
-        table = self.queue.Task.__table__
-        with self.env.db.engine.begin() as conn:
-            conn.execute(sa.update(table).where(table.c.id == task_id).values(**values))
-
-    def claim(self, name: str, owner: str = OWNER) -> list[int]:
-        """Claim due tasks of ``name`` as a worker would (they are running, with
-        a lease of 300 s)."""
-        store = self.queue.store()
-        now = store.clock()
-        claimed = store.claim(
-            ClaimRequest(
-                owner=owner,
-                names=[name],
-                batch_sizes={name: 100},
-                now=now,
-                until=now + datetime.timedelta(seconds=300),
-            )
-        )
-        return [c.id for c in claimed]
-
-    def travel(self, monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
-        """Make the queue's clock run ``seconds`` ahead from now on."""
-        store = self.queue.store()
-        clock = store.clock
-        monkeypatch.setattr(
-            store, "clock", lambda: clock() + datetime.timedelta(seconds=seconds)
-        )
 
 
 @pytest.fixture

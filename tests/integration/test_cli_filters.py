@@ -13,43 +13,14 @@ import zoneinfo
 from collections.abc import Iterator
 
 import pytest
-import sqlalchemy as sa
-from click.testing import Result
 from conftest import Env
+from helpers import Ops
+from helpers import OWNER
 
 from flask_plainqueue import InvalidArgument
-from flask_plainqueue import PlainQueue
 from flask_plainqueue import TaskState
-from flask_plainqueue.statements import ClaimRequest
 
 UTC = datetime.timezone.utc
-
-
-class Ops(t.NamedTuple):
-    env: Env
-    queue: PlainQueue
-
-    def cli(self, *args: str, input: str | None = None) -> Result:
-        return self.env.app.test_cli_runner().invoke(args=["queue", *args], input=input)
-
-    def claim(self, name: str) -> list[int]:
-        store = self.queue.store()
-        now = store.clock()
-        claimed = store.claim(
-            ClaimRequest(
-                owner="w-1",
-                names=[name],
-                batch_sizes={name: 100},
-                now=now,
-                until=now + datetime.timedelta(seconds=300),
-            )
-        )
-        return [c.id for c in claimed]
-
-    def ids(self) -> set[int]:
-        table = self.queue.Task.__table__
-        with self.env.db.engine.connect() as conn:
-            return set(conn.execute(sa.select(table.c.id)).scalars())
 
 
 @pytest.fixture
@@ -116,7 +87,7 @@ def test_status_json_per_queue(ops: Ops) -> None:
         "default": {"t.ok": {**zero, "running": 1}},
         "emails": {"t.mail": {**zero, "pending": 1}},
     }
-    assert data["workers"] == {"w-1": 1}
+    assert data["workers"] == {OWNER: 1}
     emails = json.loads(ops.cli("status", "--json", "--queue", "emails").output)
     assert emails["queue"] == "emails"
     assert set(emails["tasks"]) == {"t.mail"}

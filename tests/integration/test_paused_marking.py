@@ -10,8 +10,8 @@ import typing as t
 from collections.abc import Iterator
 
 import pytest
-from click.testing import Result
 from conftest import Env
+from helpers import Ops
 
 from flask_plainqueue import Paused
 from flask_plainqueue import PlainQueue
@@ -19,14 +19,6 @@ from flask_plainqueue import TaskState
 from flask_plainqueue.statements import ClaimRequest
 
 pytestmark = pytest.mark.usefixtures("app_ctx")
-
-
-class Ops(t.NamedTuple):
-    env: Env
-    queue: PlainQueue
-
-    def cli(self, *args: str) -> Result:
-        return self.env.app.test_cli_runner().invoke(args=["queue", *args])
 
 
 @pytest.fixture
