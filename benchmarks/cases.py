@@ -211,6 +211,7 @@ def scenarios(s: Settings) -> list[Scenario]:
                     {"n": n // 2, "batch": 1},
                     "reference",
                 ),
+                *_huey(", 1 thread worker", "process", n=n // 2),
             ),
             primary=ours,
         ),
