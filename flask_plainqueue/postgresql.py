@@ -190,6 +190,13 @@ class PostgreSQLBackend(Backend):
             conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
             if outcomes:
                 self.settle_on(conn, request.owner, outcomes, request.now)
+            if request.sweep:
+                reclaim = self._statements.get("reclaim")
+                if reclaim is None:
+                    reclaim = self._statements["reclaim"] = self.statements.reclaim(
+                        skip_locked=True
+                    )
+                conn.execute(reclaim, {"now": request.now})
             names = list(request.names)
             while names:
                 rows = conn.execute(

@@ -155,7 +155,13 @@ def build_tables(db: SQLAlchemy, table: str) -> Tables:
     # indexes (an index delete, as deleting it would be) instead of into
     # another part of them. The statements name the status as a literal, so
     # both planners can prove a partial index applies.
-    queued = sa.text(f"status = '{STATUS_QUEUED}'")
+    # Waiting rows only: a claim sets ``lease_owner``, which takes the row out
+    # of both claim indexes (two index deletes) instead of moving it to their
+    # ends (two deletes and two inserts), and a lease extension touches only
+    # the small lease index. Fewer pages per commit on SQLite, fewer index
+    # tuples per claimed row on PostgreSQL.
+    waiting = sa.text(f"status = '{STATUS_QUEUED}' AND lease_owner IS NULL")
+    leased = sa.text(f"status = '{STATUS_QUEUED}' AND lease_owner IS NOT NULL")
     dead = sa.text(f"status = '{STATUS_DEAD}'")
     succeeded = sa.text(f"status = '{STATUS_SUCCEEDED}'")
     attrs: dict[str, t.Any] = {
@@ -172,8 +178,8 @@ def build_tables(db: SQLAlchemy, table: str) -> Tables:
                 "claim_rank",
                 "run_at",
                 "id",
-                sqlite_where=queued,
-                postgresql_where=queued,
+                sqlite_where=waiting,
+                postgresql_where=waiting,
             ),
             sa.Index(
                 f"ix_{table}_due",
@@ -181,8 +187,17 @@ def build_tables(db: SQLAlchemy, table: str) -> Tables:
                 "claim_rank",
                 "run_at",
                 "id",
-                sqlite_where=queued,
-                postgresql_where=queued,
+                sqlite_where=waiting,
+                postgresql_where=waiting,
+            ),
+            # Leases by expiry: a claim transaction now and then hands the
+            # expired ones back (see ``Statements.reclaim``), one seek.
+            sa.Index(
+                f"ix_{table}_lease",
+                "status",
+                "run_at",
+                sqlite_where=leased,
+                postgresql_where=leased,
             ),
             sa.Index(
                 f"ix_{table}_dead",

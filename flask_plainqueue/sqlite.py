@@ -238,6 +238,9 @@ class SQLiteBackend(Backend):
                     cursor.executemany(
                         compiled.sql, [compiled.args(p) for p in param_sets]
                     )
+            if request.sweep:
+                reclaim = self._compiled("reclaim", s.reclaim)
+                cursor.execute(reclaim.sql, reclaim.args({"now": request.now}))
 
             queues = None if request.queues is None else len(request.queues)
             name = request.names[0] if len(request.names) == 1 else None

@@ -90,6 +90,9 @@ class ClaimRequest:
     until: datetime.datetime
     #: ``None``: every queue.
     queues: Sequence[str] | None = None
+    #: Hand back expired leases first (:meth:`Statements.reclaim`); workers
+    #: ask for it once per poll interval, not on every claim.
+    sweep: bool = True
 
 
 def new_row(
@@ -158,10 +161,15 @@ class Statements:
         #: The same order among the tasks of one name, as the claim index
         #: (``ix_<table>_claim``) has it: see :meth:`named`.
         self.name_order = (c.name, *self.order)
-        #: A task that may be claimed at ``:now``.
+        queued = c.status == sa.literal_column(f"'{STATUS_QUEUED}'")
+        #: A task that may be claimed at ``:now``: queued, due and not leased
+        #: (the claim indexes hold exactly the queued rows nobody leases).
         self.due = sa.and_(
-            c.status == sa.literal_column(f"'{STATUS_QUEUED}'"),
-            c.run_at <= sa.bindparam("now"),
+            queued, c.lease_owner.is_(None), c.run_at <= sa.bindparam("now")
+        )
+        #: Leased tasks whose lease ended by ``:now``.
+        self.lease_expired = sa.and_(
+            queued, c.lease_owner.is_not(None), c.run_at <= sa.bindparam("now")
         )
         #: What a claim returns, as :class:`ClaimedTask` takes it.
         self.claim_returning = (
@@ -239,6 +247,22 @@ class Statements:
         )
 
     # -- claims ---------------------------------------------------------------
+
+    def reclaim(self, *, skip_locked: bool = False) -> sa.Update:
+        """Hand back the tasks whose lease ended by ``:now`` (their worker died
+        or hung): due again at once, at the old lease end, so they come first
+        in claim order. One seek in the lease index (``ix_<table>_lease``);
+        the old lease holder's settles and extensions no longer match (they
+        are fenced by owner). ``skip_locked``: leave rows another transaction
+        is handing back, and match them by ``= ANY(ARRAY(...))`` as the
+        PostgreSQL claim does (a generic plan would hash-join a scan)."""
+        c = self.table.c
+        expired = sa.select(c.id).where(self.lease_expired)
+        where: sa.ColumnElement[bool] = c.id.in_(expired.scalar_subquery())
+        if skip_locked:
+            locked = expired.with_for_update(skip_locked=True).scalar_subquery()
+            where = c.id == sa.any_(sa.func.array(locked))
+        return sa.update(self.table).where(where).values(lease_owner=None)
 
     def claim_where(self, where: sa.ColumnElement[bool]) -> sa.Update:
         """Take the lease of the rows matching ``where``."""

@@ -100,6 +100,10 @@ class Worker:
             tuple[str, ...],
             dict[str, int],
         ] = ((-1, None), {}, (), {})
+        # When a claim last handed back expired leases (store clock); None:
+        # the next claim does. Once per poll interval is enough: a killed
+        # worker's tasks run again within one lease plus one poll.
+        self._swept: datetime.datetime | None = None
         self.config = config = parts.config
         self.concurrency = concurrency or config.concurrency
         self.queues = list(queues) if queues else None
@@ -171,6 +175,7 @@ class Worker:
             now = as_utc(now)
         outcomes = Outcomes()
         self._fixed_now = now
+        self._swept = None
         try:
             return self._cycle(outcomes, now)
         finally:
@@ -184,6 +189,7 @@ class Worker:
         return how many attempts ran."""
         total = 0
         outcomes = Outcomes()
+        self._swept = None
         self.presence.refresh_pauses()
         try:
             with self.store.pinned():
@@ -445,6 +451,12 @@ class Worker:
             if outcomes:
                 self.store.settle(self.id, outcomes, claim_time)
             return 0
+        swept = self._swept
+        sweep = (
+            swept is None
+            or claim_time < swept
+            or (claim_time - swept).total_seconds() >= self._poll_interval()
+        )
         tasks = self.store.claim(
             ClaimRequest(
                 owner=self.id,
@@ -453,9 +465,12 @@ class Worker:
                 now=claim_time,
                 until=claim_time + self._lease,
                 queues=self.queues,
+                sweep=sweep,
             ),
             outcomes,
         )
+        if sweep:
+            self._swept = claim_time
         if not tasks:
             return 0
         counts = self._batches.run(definitions[tasks[0].name], tasks, outcomes)

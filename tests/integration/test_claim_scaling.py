@@ -129,6 +129,7 @@ def _pg_plan(
         assert row is not None
         plan = row[0][0]["Plan"]
         raw.rollback()
+        cursor.execute("DEALLOCATE claim_plan")
     finally:
         raw.close()
     return t.cast("dict[str, t.Any]", plan)
@@ -338,3 +339,41 @@ def test_concurrent_claims_with_many_names_take_each_task_once(
     run_threads(claimer, 8)
     assert len(taken) == len(set(taken)) == total
     assert max(sizes) <= 3
+
+
+def test_a_running_worker_hands_back_an_expired_lease_at_its_next_poll(
+    env: Env, app_ctx: None
+) -> None:
+    """A killed worker's task, leased for 2 more seconds, runs on an idle worker
+    that is already running once the lease ends (an expired lease sends no
+    notification: the worker's claims hand expired leases back once per poll
+    interval), and not before."""
+    ran: list[datetime.datetime] = []
+    done = threading.Event()
+
+    def orphan(data: t.Any) -> None:
+        ran.append(datetime.datetime.now(UTC))
+        done.set()
+
+    env.queue.task(name="orphan")(orphan)
+    env.queue.perform("orphan", 1)
+    store = env.queue.store()
+    now = datetime.datetime.now(UTC)
+    until = now + datetime.timedelta(seconds=2)
+    held = store.claim(
+        ClaimRequest(
+            owner="killed",
+            names=["orphan"],
+            batch_sizes={"orphan": 1},
+            now=now,
+            until=until,
+        )
+    )
+    assert [task.name for task in held] == ["orphan"]
+    env.queue.start_worker(env.app, force=True)
+    try:
+        assert done.wait(60), "the expired lease was never handed back"
+    finally:
+        env.queue.stop_worker(env.app, timeout=10)
+    assert len(ran) == 1 and ran[0] >= until
+    assert env.queue.count() == 0

@@ -524,9 +524,9 @@ def test_claim_and_prune_use_indexes_not_scans(sqlite_uri: str, tmp_path: Path) 
             sql for sql in backend.compiled_statements() if not sql.startswith("INSERT")
         )
         # The first due task, the two claims (the name worked out by the
-        # statement, or given), delete done, keep done, prune dead, write
-        # progress, prune succeeded.
-        assert len(statements) == 8, statements
+        # statement, or given), the hand-back of expired leases, delete done,
+        # keep done, prune dead, write progress, prune succeeded.
+        assert len(statements) == 9, statements
         with store.engine.connect() as conn:
             for statement in statements:
                 # The driver-cursor statements use named parameters (":now").
@@ -628,6 +628,8 @@ def test_sqlite_fast_path_claims_what_the_general_path_claims(
             with store.engine.connect() as conn:
                 # Explicitly: the driver begins none before a "WITH ... UPDATE".
                 backend.begin_write(conn)
+                # Expired leases first, as a claim that sweeps does.
+                conn.execute(store.statements.reclaim(), {"now": now})
                 general = claimed(
                     conn.execute(
                         backend.claim_statement(queue_count, single=len(names) == 1),
