@@ -99,7 +99,7 @@ def test_whole_suite_with_tiny_n(tmp_path: Path) -> None:
     markdown = (out / "results.md").read_text()
     for scenario in data["scenarios"]:
         assert f"## {scenario['title']}" in markdown
-    assert "## Targets (issue 6)" in markdown
+    assert "## Targets (issue 12)" in markdown
     assert "smoke test" in markdown
     assert "python -m benchmarks" in markdown
     _check_rst((out / "results.inc").read_text())
