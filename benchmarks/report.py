@@ -7,6 +7,7 @@ import dataclasses
 import datetime
 import os
 import platform
+import re
 import sqlite3
 import statistics
 import subprocess
@@ -131,6 +132,37 @@ def rows(data: dict[str, t.Any]) -> list[Row]:
                             ratios.append(p[metric] / r[metric])
                 out.append(Row(s, label, c["kind"], metric, values, ratios))
     return out
+
+
+#: Rounds disagree when a contender's highest round of the scenario's first
+#: metric is more than this much above its lowest (issue 12: rerun such a case).
+DISAGREE = 0.2
+
+
+def disagreement(
+    runs: t.Mapping[str, t.Sequence[t.Mapping[str, t.Any]]], metric: str
+) -> float | None:
+    """How far apart the rounds of the most scattered contender lie: its
+    ``max / min - 1`` of ``metric`` over the rounds that measured it (0.0 with
+    fewer than two such rounds; ``None``, unbounded, when a round measured 0 and
+    another did not)."""
+    worst = 0.0
+    for results in runs.values():
+        values = [r[metric] for r in results if "error" not in r and metric in r]
+        if len(values) < 2 or max(values) <= 0:
+            continue
+        if min(values) <= 0:
+            return None
+        worst = max(worst, max(values) / min(values) - 1)
+    return worst
+
+
+def rounds_disagree(
+    runs: t.Mapping[str, t.Sequence[t.Mapping[str, t.Any]]], metric: str
+) -> bool:
+    """Whether a scenario's rounds should be run again (see :data:`DISAGREE`)."""
+    spread = disagreement(runs, metric)
+    return spread is None or spread > DISAGREE
 
 
 def fmt(value: float) -> str:
@@ -485,6 +517,10 @@ def build(data: dict[str, t.Any]) -> Tables:
         if s.get("note") or extras:
             md += ["", " ".join(filter(None, [s.get("note", ""), extras]))]
             rst += ["", " ".join(filter(None, [_rst(s.get("note", "")), _rst(extras)]))]
+        rounds = _rounds(s)
+        if rounds:
+            md += ["", rounds]
+            rst += ["", _rst(rounds)]
         md.append("")
         rst.append("")
     return Tables("\n".join(md) + "\n", "\n".join(rst) + "\n")
@@ -500,12 +536,47 @@ def _extras(s: dict[str, t.Any]) -> str:
     return " ".join(parts)
 
 
+def _rounds(s: dict[str, t.Any]) -> str:
+    """The load average when the scenario started, and whether its rounds were
+    run again because they disagreed (results.json files from before either was
+    recorded have neither)."""
+    parts = []
+    if s.get("load_average"):
+        parts.append(f"Load average at the start: {_load(s['load_average'])}.")
+    seen = s.get("disagreement", [])
+    if len(seen) > 1:
+        parts.append(
+            f"Rounds disagreed by {percent(seen[0])} (> {DISAGREE * 100:.0f} %); rerun"
+            + (
+                f" (load average then: {_load(s['rerun_load_average'])})"
+                if s.get("rerun_load_average")
+                else ""
+            )
+            + "; the table shows the rerun's rounds."
+        )
+        if seen[1] is None or seen[1] > DISAGREE:
+            parts.append(f"They still disagree after a rerun ({percent(seen[1])}).")
+    return " ".join(parts)
+
+
+def _load(values: t.Sequence[float]) -> str:
+    return ", ".join(f"{x:.2f}" for x in values)
+
+
+def percent(spread: float | None) -> str:
+    if spread is None:
+        return "an unbounded amount (a round measured 0)"
+    return f"{spread * 100:.0f} %"
+
+
 def _rst(text: str) -> str:
-    return (
+    return re.sub(
+        r"^(\d+)\. ",  # "2. worker": text, not an enumerated list
+        r"\1\\. ",
         text.replace("`", "``")
         .replace("````", "``")
         .replace("*", "\\*")
-        .replace("|", "\\|")
+        .replace("|", "\\|"),
     )
 
 

@@ -275,3 +275,132 @@ def test_labels_of_the_targets_exist_in_the_cases() -> None:
     unmeasured = [t.what for t in report.TARGETS if t.check(by)[1] is None]
     assert unmeasured == []
     assert len(report.TARGETS) == 14
+
+
+@pytest.mark.parametrize(
+    ("rounds", "spread", "disagree"),
+    [
+        ({"a": [100.0, 119.0, 110.0], "b": [50.0, 55.0]}, 0.19, False),
+        ({"a": [100.0, 110.0], "b": [50.0, 61.0, 55.0]}, 0.22, True),
+        # Exactly 20 % is not more than 20 %.
+        ({"a": [100.0, 120.0]}, 0.2, False),
+        # One round (or one per contender) cannot disagree.
+        ({"a": [100.0], "b": [1.0]}, 0.0, False),
+        # All rounds at 0 agree; a 0 beside anything else is unbounded.
+        ({"a": [0.0, 0.0]}, 0.0, False),
+        ({"a": [0.0, 0.3]}, None, True),
+    ],
+)
+def test_rounds_disagree(
+    rounds: dict[str, list[float]], spread: float | None, disagree: bool
+) -> None:
+    from benchmarks import report
+
+    runs = {
+        label: [{"rate": v, "round": i} for i, v in enumerate(values)]
+        for label, values in rounds.items()
+    }
+    got = report.disagreement(runs, "rate")
+    assert got == (None if spread is None else pytest.approx(spread))
+    assert report.rounds_disagree(runs, "rate") is disagree
+
+
+def test_rounds_disagree_ignores_failed_rounds_and_other_metrics() -> None:
+    from benchmarks import report
+
+    runs: dict[str, list[dict[str, t.Any]]] = {
+        "a": [
+            {"p50_ms": 1.0, "p95_ms": 9.0, "round": 0},
+            {"p50_ms": 1.1, "p95_ms": 2.0, "round": 1},
+            {"error": "timed out", "round": 2},
+        ],
+        "skipped": [],
+    }
+    assert not report.rounds_disagree(runs, "p50_ms")
+    assert report.rounds_disagree(runs, "p95_ms")
+
+
+def test_load_average_and_rerun_under_the_scenario() -> None:
+    from benchmarks import report
+
+    first = _scenario("enqueue-many", {OURS: [1.0], "raw sqlite3 executemany": [2.0]})
+    first |= {"load_average": [0.5, 0.25, 1.0], "disagreement": [0.05]}
+    rerun = _scenario("enqueue-one", {OURS: [1.0]})
+    rerun |= {
+        "load_average": [1.5, 1.0, 0.75],
+        "disagreement": [0.356, 0.1],
+        "rerun_load_average": [2.0, 1.0, 0.5],
+    }
+    still = _scenario("process-b1", {OURS: [1.0]})
+    still |= {"load_average": [1.0, 1.0, 1.0], "disagreement": [None, 0.25]}
+    old = _scenario("process-b5", {OURS: [1.0]})  # results.json before issue 12
+    tables = report.build(_data(first, rerun, still, old))
+    md = tables.markdown
+    assert "Load average at the start: 0.50, 0.25, 1.00." in md
+    assert "Load average at the start: 1.50, 1.00, 0.75. Rounds disagreed by 36 %" in md
+    assert (
+        "Rounds disagreed by 36 % (> 20 %); rerun (load average then: 2.00, 1.00,"
+        " 0.50); the table shows the rerun's rounds." in md
+    )
+    assert (
+        "Rounds disagreed by an unbounded amount (a round measured 0) (> 20 %); rerun;"
+        " the table shows the rerun's rounds. They still disagree after a rerun (25 %)."
+    ) in md
+    assert md.count("still disagree") == 1
+    assert md.count("Load average at the start") == 3
+    assert "rerun (load average" in tables.rst
+
+
+def _data(*scenarios: dict[str, t.Any]) -> dict[str, t.Any]:
+    """A whole results.json around ``scenarios``, as the suite writes it."""
+    return {
+        "command": "python -m benchmarks",
+        "started": "2026-01-01T00:00:00+00:00",
+        "duration_s": 60.0,
+        "settings": {
+            "n": 100,
+            "rounds": 1,
+            "mem_n": 100,
+            "scale_waiting": 1000,
+            "samples": 2,
+            "idle_seconds": 1.0,
+        },
+        "machine": {
+            "cpu": "cpu",
+            "cores": 2,
+            "memory": "1 GiB",
+            "os": "Linux",
+            "tmp_filesystem": "ext4",
+            "load_average_at_start": [0.0, 0.0, 0.0],
+            "python": "3",
+            "sqlite": "3",
+            "postgresql": "15",
+            "versions": {},
+        },
+        "note": "",
+        "scenarios": list(scenarios),
+    }
+
+
+def test_numbered_targets_are_not_rst_lists() -> None:
+    """ "4. `perform_many`" in a reST table cell would start an enumerated list."""
+    from benchmarks import report
+
+    docutils_core = pytest.importorskip("docutils.core")
+    rst = report.build(
+        _data(
+            _scenario("enqueue-many", {OURS: [1.0], "raw sqlite3 executemany": [2.0]})
+        )
+    ).rst
+    assert "4\\. ``perform_many`` (SQLite)" in rst
+    doctree = docutils_core.publish_doctree(
+        rst,
+        settings_overrides={
+            "report_level": 1,
+            "halt_level": 5,
+            "warning_stream": False,
+        },
+    )
+    assert not list(doctree.findall(lambda n: n.tagname == "enumerated_list"))
+    messages = [n for n in doctree.findall() if n.tagname == "system_message"]
+    assert not messages, [m.astext() for m in messages]
