@@ -79,6 +79,9 @@ def test_whole_suite_with_tiny_n(tmp_path: Path) -> None:
 
     assert {s["case"] for s in data["scenarios"]} == set(CASES)
     for scenario in data["scenarios"]:
+        # One round cannot disagree with itself: no scenario was rerun.
+        assert len(scenario["load_average"]) == 3
+        assert scenario["disagreement"] == [0.0], scenario["key"]
         errors = [r for runs in scenario["runs"].values() for r in runs if "error" in r]
         assert not errors, (scenario["key"], errors)
         first = scenario["contenders"][0]["label"]
@@ -99,7 +102,8 @@ def test_whole_suite_with_tiny_n(tmp_path: Path) -> None:
     markdown = (out / "results.md").read_text()
     for scenario in data["scenarios"]:
         assert f"## {scenario['title']}" in markdown
-    assert "## Targets (issue 6)" in markdown
+    assert "## Targets (issue 12)" in markdown
+    assert markdown.count("Load average at the start: ") == len(data["scenarios"])
     assert "smoke test" in markdown
     assert "python -m benchmarks" in markdown
     _check_rst((out / "results.inc").read_text())
