@@ -104,6 +104,7 @@ class Worker:
         # the next claim does. Once per poll interval is enough: a killed
         # worker's tasks run again within one lease plus one poll.
         self._swept: datetime.datetime | None = None
+        self._sweep_every = datetime.timedelta(seconds=1)
         self.config = config = parts.config
         self.concurrency = concurrency or config.concurrency
         self.queues = list(queues) if queues else None
@@ -444,6 +445,7 @@ class Worker:
                 tuple(sorted(definitions)),
                 {n: d.options.batch_size for n, d in definitions.items()},
             )
+            self._sweep_every = datetime.timedelta(seconds=self._poll_interval())
         _, definitions, names, batch_sizes = self._claimable
         if not names and paused:
             # Everything this worker knows is paused; finished work is still
@@ -455,7 +457,7 @@ class Worker:
         sweep = (
             swept is None
             or claim_time < swept
-            or (claim_time - swept).total_seconds() >= self._poll_interval()
+            or claim_time - swept >= self._sweep_every
         )
         tasks = self.store.claim(
             ClaimRequest(

@@ -70,7 +70,14 @@ def test_worker_serves_its_counters(proc_app: ProcApp, procs: Procs) -> None:
                 f"the worker exited with {worker.returncode}:\n{worker.output()}"
             )
         samples = scrape(url)
-        return samples if samples and samples[succeeded] == 3 else None
+        # The counter moves when an attempt ends; its row goes with the next
+        # claim's transaction, a moment later: wait for both.
+        settled = samples is not None and all(
+            value == 0
+            for (name, _), value in samples.items()
+            if name == "plainqueue_tasks"
+        )
+        return samples if samples and samples[succeeded] == 3 and settled else None
 
     samples = wait_for(ran_all, message=lambda: f"3 successes:\n{worker.output()}")
     assert sorted(key for key, _ in proc_app.runs()) == ["k0", "k1", "k2"]

@@ -98,7 +98,11 @@ def test_generated_migration_runs_and_tasks_run_on_it(migrations: Migrations) ->
     generated = migrations.flask("db", "migrate", "-m", "queue")
     # Every index autogenerate sees on both databases, none skipped.
     assert "skipping" not in generated, generated
-    for index in ("ix_plainqueue_tasks_claim", "ix_plainqueue_tasks_due"):
+    for index in (
+        "ix_plainqueue_tasks_claim",
+        "ix_plainqueue_tasks_due",
+        "ix_plainqueue_tasks_lease",
+    ):
         assert f"Detected added index '{index}'" in generated, generated
     migrations.flask("db", "upgrade")
     assert NO_CHANGES in migrations.flask("db", "migrate", "-m", "again")
