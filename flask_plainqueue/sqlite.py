@@ -33,11 +33,28 @@ def utc_text(value: datetime.datetime) -> str:
     """A timestamp as SQLAlchemy stores ``DateTime`` in SQLite
     (``YYYY-MM-DD HH:MM:SS.ffffff``, here always UTC), in one C call instead of
     SQLAlchemy's chain of processors."""
+    global _last_text
     if value.tzinfo is None:
         raise ValueError(f"naive datetime {value!r}: give it a timezone (e.g. UTC)")
-    if value.tzinfo is not datetime.timezone.utc:
-        value = value.astimezone(datetime.timezone.utc)
-    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+    # The rows of one perform_many share their times, and a claim passes its
+    # "now" more than once: the last conversion is reused (an equal aware
+    # datetime is the same instant, so the same UTC text).
+    last = _last_text
+    if last[0] == value:
+        return last[1]
+    utc = value
+    if utc.tzinfo is not datetime.timezone.utc:
+        utc = utc.astimezone(datetime.timezone.utc)
+    text = utc.replace(tzinfo=None).isoformat(" ", "microseconds")
+    # One tuple, assigned at once: threads see the old pair or the new one.
+    _last_text = (value, text)
+    return text
+
+
+_last_text: tuple[datetime.datetime, str] = (
+    datetime.datetime.min.replace(tzinfo=datetime.timezone.utc),
+    "0001-01-01 00:00:00.000000",
+)
 
 
 @functools.lru_cache(maxsize=64)
