@@ -95,11 +95,14 @@ class BatchRunner:
     ) -> Counts:
         """Run ``tasks`` (all of ``definition``), add their outcomes to
         ``outcomes`` and return their counts for the stats."""
-        inline = len(tasks) == 1 and (
-            definition.is_async or definition.options.timeout is None
-        )
+        # This thread may run the tasks itself unless one is a sync function
+        # with a timeout, which only a pool thread can be left running. The
+        # watchdog then extends the leases and hands the tasks back after the
+        # grace period, as this thread cannot while it runs one.
+        helps = definition.is_async or definition.options.timeout is None
+        inline = len(tasks) == 1 and helps
         held = self.leases.hold(
-            tasks, extendable=self._extendable(definition), inline=inline
+            tasks, extendable=self._extendable(definition), inline=helps
         )
         counts = Counts()
         try:
@@ -112,7 +115,7 @@ class BatchRunner:
                 collect(outcomes, tasks[0], outcome)
                 count(counts, outcome, seconds)
             else:
-                self._on_pool(definition, tasks, outcomes, held, counts)
+                self._on_pool(definition, tasks, outcomes, held, counts, helps)
         finally:
             self.leases.drop(held)
         return counts
@@ -129,8 +132,13 @@ class BatchRunner:
         outcomes: Outcomes,
         held: Held,
         counts: Counts,
+        helps: bool,
     ) -> None:
-        batch = self._start_batch([(definition, task) for task in tasks])
+        batch = self._start_batch([(definition, task) for task in tasks], helps)
+        if helps:
+            # Tasks that end at once then need no thread switch each; while
+            # one here blocks, the pool's threads start the rest.
+            batch.run_pending()
         # A coroutine's timeout is enforced on the event loop (it is cancelled);
         # a sync function's here, since its thread cannot be stopped.
         limit = definition.options.timeout
@@ -174,7 +182,9 @@ class BatchRunner:
         count(counts, outcome, seconds)
 
     def _start_batch(
-        self, calls: list[tuple[TaskDefinition[t.Any, t.Any], ClaimedTask]]
+        self,
+        calls: list[tuple[TaskDefinition[t.Any, t.Any], ClaimedTask]],
+        helped: bool,
     ) -> Batch[tuple[Outcome, float]]:
         # Under the lock: a timed-out batch replaces the pool, and a batch must
         # never be queued on one that was just shut down.
@@ -186,7 +196,7 @@ class BatchRunner:
                 self._pool = TaskPool(
                     min(256, biggest * self.concurrency), "plainqueue-task"
                 )
-            return self._pool.run_batch(self._runner.timed, calls)
+            return self._pool.run_batch(self._runner.timed, calls, helped=helped)
 
     def _time_out(
         self, definition: TaskDefinition[t.Any, t.Any], tasks: Sequence[ClaimedTask]
