@@ -161,6 +161,16 @@ def build_tables(db: SQLAlchemy, table: str) -> Tables:
     # the small lease index. Fewer pages per commit on SQLite, fewer index
     # tuples per claimed row on PostgreSQL.
     waiting = sa.text(f"status = '{STATUS_QUEUED}' AND lease_owner IS NULL")
+    # The due index also says "id > 0" (true of every row), which only the
+    # "first due task of all" statement states: a planner can then never
+    # take it for a statement of one name (walking every due task and
+    # sorting them), whatever its statistics say. Without statistics (a
+    # table just filled, before autovacuum's ANALYZE) PostgreSQL's cost
+    # estimates tie, and a generic plan made then is kept for the
+    # connection's life.
+    waiting_all = sa.text(
+        f"status = '{STATUS_QUEUED}' AND lease_owner IS NULL AND id > 0"
+    )
     leased = sa.text(f"status = '{STATUS_QUEUED}' AND lease_owner IS NOT NULL")
     dead = sa.text(f"status = '{STATUS_DEAD}'")
     succeeded = sa.text(f"status = '{STATUS_SUCCEEDED}'")
@@ -187,8 +197,8 @@ def build_tables(db: SQLAlchemy, table: str) -> Tables:
                 "claim_rank",
                 "run_at",
                 "id",
-                sqlite_where=waiting,
-                postgresql_where=waiting,
+                sqlite_where=waiting_all,
+                postgresql_where=waiting_all,
             ),
             # Leases by expiry: a claim transaction now and then hands the
             # expired ones back (see ``Statements.reclaim``), one seek.
