@@ -23,7 +23,7 @@ from .common import UTC
 
 SQLITE_CLAIM = (
     f"UPDATE {TABLE} SET lease_owner = ?, run_at = ?, attempts = attempts + 1"
-    f" WHERE id IN (SELECT id FROM {TABLE} WHERE status = 'queued' AND run_at <= ?"
+    f" WHERE id IN (SELECT id FROM {TABLE} WHERE status = 'queued' AND lease_owner IS NULL AND run_at <= ?"
     " AND name = ? ORDER BY claim_rank, run_at, id LIMIT ?)"
     " RETURNING id, name, data, attempts"
 )
@@ -31,7 +31,7 @@ SQLITE_DELETE = f"DELETE FROM {TABLE} WHERE id = ? AND lease_owner = ? AND attem
 
 PG_CLAIM = (
     f"UPDATE {TABLE} SET lease_owner = %s, run_at = %s, attempts = attempts + 1"
-    f" WHERE id IN (SELECT id FROM {TABLE} WHERE status = 'queued' AND run_at <= %s"
+    f" WHERE id IN (SELECT id FROM {TABLE} WHERE status = 'queued' AND lease_owner IS NULL AND run_at <= %s"
     " AND name = %s ORDER BY claim_rank, run_at, id LIMIT %s FOR UPDATE SKIP LOCKED)"
     " RETURNING id, name, data::text, attempts"
 )

@@ -180,3 +180,38 @@ def test_rejects_unknown_case(tmp_path: Path) -> None:
     proc = run_suite(tmp_path, "--cases", "enqueue,nonsense")
     assert proc.returncode == 2
     assert "unknown case(s) nonsense" in proc.stderr
+
+
+def test_the_raw_reference_loop_claims_through_the_claim_index(tmp_path: Path) -> None:
+    """The raw claim/delete loop is the physical limit of our design only while
+    its claim is ours: twice a change of the claim index (``claim_rank``,
+    then ``lease_owner IS NULL``) left it sorting or scanning the whole
+    backlog on every claim, ten times slower, and every ratio against it
+    wrong."""
+    import sqlite3
+
+    from conftest import create_test_app
+
+    from benchmarks import rawworker
+
+    path = tmp_path / "bench.db"
+    app, db, _ = create_test_app(f"sqlite:///{path}", tmp_path / "instance")
+    with app.app_context():
+        db.create_all()
+        db.engine.dispose()
+    conn = sqlite3.connect(path)
+    try:
+        plan = [
+            row[-1]
+            for row in conn.execute(
+                "EXPLAIN QUERY PLAN " + rawworker.SQLITE_CLAIM,
+                ("o", "2000-01-01", "2000-01-01", "n", 1),
+            )
+        ]
+    finally:
+        conn.close()
+    assert any("ix_plainqueue_tasks_claim" in detail for detail in plan), plan
+    assert not any(
+        detail.startswith("SCAN plainqueue_tasks") or "TEMP B-TREE" in detail
+        for detail in plan
+    ), plan
