@@ -20,8 +20,13 @@ logger = logging.getLogger("flask_plainqueue.sqlite")
 #: connection committed: a cheap check instead of a query on the table.
 PROBE_INTERVAL = 0.01
 #: With inotify telling of writes to the WAL file, the probe asks only then,
-#: and at least this often in case an event is missed.
-WATCHED_PROBE_INTERVAL = 0.1
+#: and at least this often in case an event is missed (which costs a pickup
+#: this long at worst, and an idle worker a wake-up this often).
+WATCHED_PROBE_INTERVAL = 0.5
+#: A write to the WAL file can come before its commit shows in
+#: ``data_version``: the probe then asks again this many times, every
+#: :data:`PROBE_INTERVAL`, before it waits for the next write.
+RECHECKS_AFTER_WRITE = 5
 
 
 class ChangeProbe(WatcherThread):
@@ -49,6 +54,8 @@ class ChangeProbe(WatcherThread):
     def _run(self) -> None:
         conn: t.Any = None
         version: int | None = None
+        written = False
+        rechecks = 0
         watch = WalWatch.open(self.backend.engine.url.database, self.name)
         try:
             while not self._stop.is_set():
@@ -75,7 +82,8 @@ class ChangeProbe(WatcherThread):
                     version = None
                     self._stop.wait(1.0)
                     continue
-                if version is not None and current != version:
+                changed = version is not None and current != version
+                if changed:
                     try:
                         self.on_change("")
                     except Exception:
@@ -83,8 +91,16 @@ class ChangeProbe(WatcherThread):
                 version = current
                 if watch is None:
                     self._stop.wait(PROBE_INTERVAL)
+                elif (
+                    (written or rechecks)
+                    and not changed
+                    and rechecks < RECHECKS_AFTER_WRITE
+                ):
+                    rechecks += 1
+                    written = watch.wait(PROBE_INTERVAL)
                 else:
-                    watch.wait(WATCHED_PROBE_INTERVAL)
+                    rechecks = 0
+                    written = watch.wait(WATCHED_PROBE_INTERVAL)
         finally:
             self._running = False
             _close(conn)
@@ -132,19 +148,20 @@ class WalWatch:
             return None
         return cls(notify, os.path.basename(path) + "-wal")
 
-    def wait(self, timeout: float) -> None:
-        """Return when the WAL file was written, or after ``timeout`` seconds."""
+    def wait(self, timeout: float) -> bool:
+        """Return ``True`` when the WAL file was written, ``False`` after
+        ``timeout`` seconds without a write."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                return
+                return False
             # select.select looked up now: gevent's, when gevent patched it.
             ready, _, _ = select.select([self._notify], [], [], left)
             if not ready:
-                return
+                return False
             if any(event.name == self._wal for event in self._notify.read(timeout=0)):
-                return
+                return True
 
     def close(self) -> None:
         self._notify.close()

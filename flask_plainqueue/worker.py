@@ -348,7 +348,9 @@ class Worker:
                     self.id,
                 )
                 return
-            alive[0].join(STOP_CHECK_INTERVAL)
+            # Until a stop is asked for there is no deadline to watch: a
+            # longer wait keeps an idle worker's main thread asleep.
+            alive[0].join(STOP_CHECK_INTERVAL if deadline is not None else 1.0)
 
     def _claim_loop(self, burst: bool) -> None:
         outcomes = Outcomes()
