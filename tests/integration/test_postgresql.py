@@ -340,3 +340,43 @@ def test_claim_failures_are_logged_once_and_so_is_the_recovery(
     assert loud[0].getMessage().endswith("claiming failed; will retry")
     assert loud[0].exc_info is not None
     assert "claiming works again after" in loud[1].getMessage()
+
+
+def test_an_error_in_the_pipelined_settle_rolls_the_claim_back(pg_env: PgEnv) -> None:
+    """What a claim sends in one round trip before its UPDATE (the settle of
+    the last batch among it) can fail: the error is raised from the claim,
+    nothing of that transaction stays (the finished task is still there, no
+    task is leased), and the next claim on the pool works."""
+    app, db, queue, task = pg_env
+    ids = [queue.perform(task, i) for i in range(3)]
+    store = queue.store()
+    held = store.claim(_request("w1", {"t": 1}))
+    assert [c.id for c in held] == [ids[0]]
+    db.session.execute(
+        sa.text(
+            "CREATE FUNCTION plainqueue_test_boom() RETURNS trigger AS $$"
+            " BEGIN RAISE EXCEPTION 'boom'; END $$ LANGUAGE plpgsql"
+        )
+    )
+    db.session.execute(
+        sa.text(
+            "CREATE TRIGGER boom BEFORE DELETE ON plainqueue_tasks FOR EACH ROW"
+            f" WHEN (OLD.id = {ids[0]}) EXECUTE FUNCTION plainqueue_test_boom()"
+        )
+    )
+    db.session.commit()
+    done = Outcomes(completed=[(held[0].id, held[0].attempts)])
+    with pytest.raises(Exception, match="boom"):
+        store.claim(_request("w1", {"t": 1}), done)
+    leased = db.session.execute(
+        sa.text("SELECT id FROM plainqueue_tasks WHERE lease_owner IS NOT NULL")
+    ).scalars()
+    assert list(leased) == [ids[0]]
+    db.session.rollback()
+    db.session.execute(sa.text("DROP TRIGGER boom ON plainqueue_tasks"))
+    db.session.execute(sa.text("DROP FUNCTION plainqueue_test_boom()"))
+    db.session.commit()
+    again = store.claim(_request("w1", {"t": 1}), done)
+    assert [c.id for c in again] == [ids[1]]
+    remaining = db.session.execute(sa.text("SELECT id FROM plainqueue_tasks")).scalars()
+    assert sorted(remaining) == ids[1:]
