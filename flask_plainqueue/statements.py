@@ -22,9 +22,11 @@ from .schema import STATUS_SUCCEEDED
 from .schema import Tables
 
 
-@dataclasses.dataclass(frozen=True)
-class ClaimedTask:
-    """A row a worker holds under a lease."""
+class ClaimedTask(t.NamedTuple):
+    """A row a worker holds under a lease.
+
+    A named tuple, not a frozen dataclass: a claim builds one per task, and a
+    tuple is built from the row in one C call."""
 
     id: int
     name: str
@@ -128,19 +130,36 @@ def claimed(rows: Sequence[t.Any]) -> list[ClaimedTask]:
     (text in ``priority``, a number in ``data``): such a value is read as 0 (or
     as text), so one bad row can neither break a claim nor the rows beside it.
     """
-    tasks = [
-        ClaimedTask(
-            int(task_id),
-            str(name),
-            None if data is None else str(data),
-            whole_or_zero(attempts),
-            whole_or_zero(failed_nr),
-            whole_or_zero(priority),
-        )
-        for task_id, name, data, attempts, failed_nr, priority in rows
-    ]
-    tasks.sort(key=lambda task: (-task.priority, task.id))
+    tasks = []
+    for row in rows:
+        task_id, name, data, attempts, failed_nr, priority = row
+        if (
+            type(task_id) is int
+            and type(name) is str
+            and (data is None or type(data) is str)
+            and type(attempts) is int
+            and type(failed_nr) is int
+            and type(priority) is int
+        ):
+            tasks.append(ClaimedTask._make(row))
+        else:
+            tasks.append(
+                ClaimedTask(
+                    int(task_id),
+                    str(name),
+                    None if data is None else str(data),
+                    whole_or_zero(attempts),
+                    whole_or_zero(failed_nr),
+                    whole_or_zero(priority),
+                )
+            )
+    if len(tasks) > 1:
+        tasks.sort(key=_claim_order)
     return tasks
+
+
+def _claim_order(task: ClaimedTask) -> tuple[int, int]:
+    return -task.priority, task.id
 
 
 def whole_or_zero(value: object) -> int:
