@@ -316,17 +316,17 @@ def _pipeline(conn: Connection) -> t.ContextManager[t.Any]:
     """psycopg 3's pipeline mode on ``conn``'s driver connection, where libpq
     has it (14 and later); with another driver one round trip per statement."""
     driver: t.Any = conn.connection.driver_connection
-    if _PIPELINES is None or not hasattr(driver, "pipeline"):
+    if not _PIPELINES or not hasattr(driver, "pipeline"):
         return contextlib.nullcontext()
     return t.cast("t.ContextManager[t.Any]", driver.pipeline())
 
 
-def _pipelines() -> bool | None:
+def _pipelines() -> bool:
     try:
         import psycopg
     except ImportError:
-        return None
-    return True if psycopg.Pipeline.is_supported() else None
+        return False
+    return bool(psycopg.Pipeline.is_supported())
 
 
 #: ``True`` where psycopg 3 and its libpq support pipeline mode.

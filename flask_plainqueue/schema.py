@@ -166,8 +166,8 @@ def build_tables(db: SQLAlchemy, table: str) -> Tables:
     # take it for a statement of one name (walking every due task and
     # sorting them), whatever its statistics say. Without statistics (a
     # table just filled, before autovacuum's ANALYZE) PostgreSQL's cost
-    # estimates tie, and a generic plan made then is kept for the
-    # connection's life.
+    # estimates tie, and a generic plan made then is kept until an ANALYZE
+    # replans it.
     waiting_all = sa.text(
         f"status = '{STATUS_QUEUED}' AND lease_owner IS NULL AND id > 0"
     )

@@ -5,7 +5,6 @@ task when other workers' rows, unknown names or scheduled rows pile up."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import itertools
 import json
@@ -167,15 +166,23 @@ def _assert_seeks_only(plan: dict[str, t.Any], statement: str) -> None:
 
 
 def _request(
-    env: Env, names: list[str], queues: list[str] | None = None
+    env: Env,
+    names: list[str],
+    queues: list[str] | None = None,
+    *,
+    owner: str = "planner",
+    batch: int = 3,
+    lease: float = 60,
 ) -> ClaimRequest:
+    """A claim a second from now of up to ``batch`` tasks of each of
+    ``names``, leased to ``owner`` for ``lease`` seconds."""
     now = datetime.datetime.now(UTC) + datetime.timedelta(seconds=1)
     return ClaimRequest(
-        owner="planner",
+        owner=owner,
         names=names,
-        batch_sizes={name: 3 for name in names},
+        batch_sizes={name: batch for name in names},
         now=now,
-        until=now + datetime.timedelta(seconds=60),
+        until=now + datetime.timedelta(seconds=lease),
         queues=queues,
     )
 
@@ -234,8 +241,7 @@ def test_postgresql_claim_plans_are_index_seeks_only_without_statistics(
             " WHERE relname = 'plainqueue_tasks'"
         ).scalar()
     assert analyzed is None
-    request = _request(env, NAMES[:1])
-    request = dataclasses.replace(request, batch_sizes={NAMES[0]: 100})
+    request = _request(env, NAMES[:1], batch=100)
     store = env.queue.store()
     outcomes = Outcomes()
     for _ in range(50):  # a worker's first batches, deleted as they finish
@@ -324,17 +330,8 @@ def test_expired_lease_is_claimed_next_whatever_the_backlog(
     env.queue.perform(NAMES[7], "orphan")
     _analyze(env)
     store = env.queue.store()
-    now = datetime.datetime.now(UTC)
     # The worker that took it is gone; its lease ended a second ago.
-    dead = store.claim(
-        ClaimRequest(
-            owner="killed",
-            names=[NAMES[7]],
-            batch_sizes={NAMES[7]: 1},
-            now=now,
-            until=now - datetime.timedelta(seconds=1),
-        )
-    )
+    dead = store.claim(_request(env, [NAMES[7]], owner="killed", batch=1, lease=-2))
     assert [task.name for task in dead] == [NAMES[7]]
     assert env.queue.drain() == 1
     assert ran == [NAMES[7]]
@@ -414,23 +411,13 @@ def test_a_running_worker_hands_back_an_expired_lease_at_its_next_poll(
 
     env.queue.task(name="orphan")(orphan)
     env.queue.perform("orphan", 1)
-    store = env.queue.store()
-    now = datetime.datetime.now(UTC)
-    until = now + datetime.timedelta(seconds=2)
-    held = store.claim(
-        ClaimRequest(
-            owner="killed",
-            names=["orphan"],
-            batch_sizes={"orphan": 1},
-            now=now,
-            until=until,
-        )
-    )
+    request = _request(env, ["orphan"], owner="killed", batch=1, lease=2)
+    held = env.queue.store().claim(request)
     assert [task.name for task in held] == ["orphan"]
     env.queue.start_worker(env.app, force=True)
     try:
         assert done.wait(60), "the expired lease was never handed back"
     finally:
         env.queue.stop_worker(env.app, timeout=10)
-    assert len(ran) == 1 and ran[0] >= until
+    assert len(ran) == 1 and ran[0] >= request.until
     assert env.queue.count() == 0
