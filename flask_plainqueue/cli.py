@@ -114,19 +114,7 @@ def make_cli(queue: PlainQueue) -> AppGroup:
         if metrics_port is not None:
             _serve_metrics(queue, app, metrics_host, metrics_port)
         worker = queue.worker(app, concurrency=concurrency, queues=queues or None)
-        signals_seen = 0
-
-        def on_signal(signum: int, frame: object) -> None:
-            nonlocal signals_seen
-            signals_seen += 1
-            name = signal.Signals(signum).name
-            if signals_seen == 1:
-                logger.info("%s received: finishing running tasks, then exiting", name)
-                worker.stop(grace)
-            else:
-                logger.info("%s received again: handing back running tasks now", name)
-                worker.stop(0)
-
+        on_signal = StopSignals(worker.stop, grace)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, on_signal)
             signal.signal(signal.SIGINT, on_signal)
@@ -177,3 +165,46 @@ def _configure_logging(level: str) -> None:
             logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
         )
         package_logger.addHandler(handler)
+
+
+class StopSignals:
+    """The SIGTERM and SIGINT handler of ``flask queue work``: the first stops
+    the worker with the grace period, any later one hands running tasks back
+    now.
+
+    Python runs a handler on the main thread between any two bytecodes, also
+    inside a handler already running: a second signal right after the first
+    would then call ``stop`` inside ``stop``, and block forever on a lock the
+    outer call holds (seen: a process that no second SIGTERM could end). A
+    signal that arrives while one is being handled is only counted; the
+    running handler applies it before it returns.
+    """
+
+    def __init__(self, stop: t.Callable[[float | None], None], grace: float | None):
+        self._stop = stop
+        self._grace = grace
+        self._received: list[int] = []
+        self._handled = 0
+        self._busy = False
+
+    def __call__(self, signum: int, frame: object = None) -> None:
+        # list.append is one step a handler cannot interrupt.
+        self._received.append(signum)
+        # Checked again once not busy: a signal in between is not left over.
+        while not self._busy and self._handled < len(self._received):
+            self._busy = True
+            try:
+                while self._handled < len(self._received):
+                    self._handle(self._received[self._handled])
+            finally:
+                self._busy = False
+
+    def _handle(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        self._handled += 1
+        if self._handled == 1:
+            logger.info("%s received: finishing running tasks, then exiting", name)
+            self._stop(self._grace)
+        else:
+            logger.info("%s received again: handing back running tasks now", name)
+            self._stop(0)
