@@ -122,6 +122,9 @@ def make_cli(queue: PlainQueue) -> AppGroup:
             worker.run(burst=burst)
         finally:
             queue.forget_worker(worker)
+            # The handler stays: a signal now is ignored, as one for a
+            # stopped worker should be, instead of killing the exiting process.
+            on_signal.close()
         if worker.abandoned:
             # Threads of abandoned sync tasks cannot be killed, and the interpreter
             # would wait for them at exit; their rows are already handed back.
@@ -173,38 +176,70 @@ class StopSignals:
     now.
 
     Python runs a handler on the main thread between any two bytecodes, also
-    inside a handler already running: a second signal right after the first
-    would then call ``stop`` inside ``stop``, and block forever on a lock the
-    outer call holds (seen: a process that no second SIGTERM could end). A
-    signal that arrives while one is being handled is only counted; the
-    running handler applies it before it returns.
+    while that thread holds a lock (a worker's, a logging handler's, the one
+    inside ``Event.wait``) or is inside a handler already. Calling ``stop``
+    there could block forever on a lock the interrupted code holds (seen: a
+    process that no second SIGTERM could end). So the handler only records the
+    signal and writes a byte to a pipe, neither of which takes a lock; a thread
+    of its own reads the pipe and calls ``stop`` (and logs) in the order the
+    signals came, like any other thread that waits its turn for a lock.
+
+    :meth:`close` ends the thread; the handler then ignores signals.
     """
 
     def __init__(self, stop: t.Callable[[float | None], None], grace: float | None):
         self._stop = stop
         self._grace = grace
+        # list.append is one step that neither a handler nor a thread interrupts.
         self._received: list[int] = []
-        self._handled = 0
-        self._busy = False
+        self._closed = False
+        self._read, self._write = os.pipe()
+        # A full pipe already holds a wake-up: the thread reads every recorded
+        # signal when it wakes, so a handler never needs to wait to write.
+        os.set_blocking(self._write, False)
+        self._thread = threading.Thread(
+            target=self._apply, name="plainqueue-signals", daemon=True
+        )
+        self._thread.start()
 
     def __call__(self, signum: int, frame: object = None) -> None:
-        # list.append is one step a handler cannot interrupt.
+        if self._closed:
+            return
         self._received.append(signum)
-        # Checked again once not busy: a signal in between is not left over.
-        while not self._busy and self._handled < len(self._received):
-            self._busy = True
-            try:
-                while self._handled < len(self._received):
-                    self._handle(self._received[self._handled])
-            finally:
-                self._busy = False
+        try:
+            os.write(self._write, b"\0")
+        except OSError:  # full (a wake-up is pending) or closed (no handler now)
+            pass
 
-    def _handle(self, signum: int) -> None:
+    def close(self, timeout: float = 5.0) -> None:
+        """Apply what was recorded, then end the thread (within ``timeout``);
+        a signal after this is ignored."""
+        if self._closed:
+            return
+        # Before the close: a handler must never write to the descriptor's
+        # number once something else may have been given it.
+        self._closed = True
+        os.close(self._write)
+        self._thread.join(timeout)
+
+    def _apply(self) -> None:
+        handled = 0
+        try:
+            while os.read(self._read, 512):  # b"" once close() closed the pipe
+                while handled < len(self._received):
+                    self._handle(self._received[handled], first=not handled)
+                    handled += 1
+        finally:
+            os.close(self._read)
+
+    def _handle(self, signum: int, *, first: bool) -> None:
         name = signal.Signals(signum).name
-        self._handled += 1
-        if self._handled == 1:
-            logger.info("%s received: finishing running tasks, then exiting", name)
-            self._stop(self._grace)
-        else:
-            logger.info("%s received again: handing back running tasks now", name)
-            self._stop(0)
+        try:
+            if first:
+                logger.info("%s received: finishing running tasks, then exiting", name)
+                self._stop(self._grace)
+            else:
+                logger.info("%s received again: handing back running tasks now", name)
+                self._stop(0)
+        except Exception:  # a later signal must still be applied
+            logger.exception("Stopping the worker on %s failed", name)

@@ -197,6 +197,38 @@ def test_second_sigterm_hands_back_a_running_batch(
             assert info.failed_nr == 0
 
 
+def test_a_storm_of_sigterms_during_shutdown_still_ends_the_worker(
+    procs: Procs, faultapp: t.Any
+) -> None:
+    """SIGTERM after SIGTERM while the worker shuts down: each can land while
+    the main thread holds one of the locks that stopping takes (a handler that
+    called ``stop`` there could hang the process for good). The worker exits
+    0 and the running batch is handed back, not failed."""
+    queue, app = faultapp.queue, faultapp.app
+    faultapp.child_env["PLAINQUEUE_SHUTDOWN_GRACE"] = "600"
+    faultapp.child_env["PLAINQUEUE_LEASE_SECONDS"] = "600"
+    with app.app_context():
+        ids = [queue.perform("slow_batch") for _ in range(3)]
+    worker = _work(procs, faultapp)
+
+    def running() -> bool:
+        with app.app_context():
+            return bool(queue.count(state=TaskState.RUNNING) == 3)
+
+    wait_for(running, message=worker.output)
+    worker.signal(signal.SIGTERM)
+    wait_for(lambda: "SIGTERM received" in worker.stderr(), message=worker.output)
+    for _ in range(300):
+        worker.signal(signal.SIGTERM)  # a no-op once the process has exited
+    assert worker.wait() == 0, worker.output()
+    with app.app_context():
+        for task_id in ids:
+            info = queue.get(task_id)
+            assert info is not None
+            assert info.state is TaskState.PENDING, worker.output()
+            assert info.failed_nr == 0
+
+
 def test_a_killed_workers_task_runs_again_before_its_lease_ends(
     procs: Procs, faultapp: t.Any
 ) -> None:
