@@ -130,6 +130,17 @@ class PostgreSQLBackend(Backend):
             # Delivered at commit; the empty payload wakes workers of any queue.
             conn.execute(sa.select(sa.func.pg_notify(self.channel, "")))
 
+    def enqueue(self, rows: Sequence[t.Mapping[str, t.Any]]) -> list[int] | None:
+        if len(rows) != 1:
+            # Through the session, rows go in one multi-row INSERT already.
+            return None
+        # One INSERT is atomic by itself: in autocommit it costs one round trip
+        # instead of three (BEGIN, INSERT, COMMIT), and no session work.
+        stmt = self.statements.insert(self._notify_columns)
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            return [conn.execute(stmt, rows[0]).scalar_one()]
+
     def upsert(self, table: sa.Table) -> t.Any:
         from sqlalchemy.dialects.postgresql import insert
 

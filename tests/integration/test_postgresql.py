@@ -380,3 +380,87 @@ def test_an_error_in_the_pipelined_settle_rolls_the_claim_back(pg_env: PgEnv) ->
     assert [c.id for c in again] == [ids[1]]
     remaining = db.session.execute(sa.text("SELECT id FROM plainqueue_tasks")).scalars()
     assert sorted(remaining) == ids[1:]
+
+
+def test_perform_on_an_idle_session_is_one_autocommitted_insert(pg_env: PgEnv) -> None:
+    """With nothing of the caller's to commit, ``perform`` sends one INSERT in
+    autocommit (one round trip) instead of BEGIN, INSERT and COMMIT through
+    the session; the task is committed when it returns."""
+    app, db, queue, task = pg_env
+    queue.perform(task, {"n": 0})  # the first reads the database's clock
+    seen: list[tuple[str, bool]] = []
+
+    def before(conn: t.Any, cursor: t.Any, statement: str, *args: t.Any) -> None:
+        seen.append(
+            (statement.split()[0], conn.connection.driver_connection.autocommit)
+        )
+
+    sa.event.listen(db.engine, "before_cursor_execute", before)
+    try:
+        task_id = queue.perform(task, {"n": 1})
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", before)
+    assert seen == [("INSERT", True)]
+    assert not db.session().in_transaction()
+    with db.engine.connect() as other:
+        stored = other.execute(
+            sa.text("SELECT data FROM plainqueue_tasks WHERE id = :id"), {"id": task_id}
+        ).scalar_one()
+    assert stored == '{"n":1}'
+    # With the caller's own work pending, the row joins it as before.
+    db.session.execute(sa.text("SELECT 1"))
+    seen.clear()
+    sa.event.listen(db.engine, "before_cursor_execute", before)
+    try:
+        queue.perform(task, {"n": 2})
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", before)
+    assert seen == [("INSERT", False)]
+
+
+def test_a_perform_hands_its_connection_back_out_of_autocommit(pg_env: PgEnv) -> None:
+    """The connection goes back to the pool as it came: a later session on it
+    still has a transaction to roll back."""
+    app, db, queue, task = pg_env
+    for n in range(5):
+        queue.perform(task, n)
+    # Every pooled connection at once, the ones the performs used among them.
+    size = db.engine.pool.size()  # type: ignore[attr-defined]
+    conns = [db.engine.connect() for _ in range(size)]
+    try:
+        drivers: list[t.Any] = [c.connection.driver_connection for c in conns]
+        assert [driver.autocommit for driver in drivers] == [False] * size
+        conns[0].execute(sa.text("DELETE FROM plainqueue_tasks"))
+        conns[0].rollback()
+    finally:
+        for conn in conns:
+            conn.close()
+    assert queue.count() == 5
+
+
+def test_a_refused_perform_raises_and_stores_nothing(pg_env: PgEnv) -> None:
+    """An INSERT the database refuses (here a trigger) raises SQLAlchemy's
+    error from ``perform``; nothing is stored, and the next perform works."""
+    app, db, queue, task = pg_env
+    db.session.execute(
+        sa.text(
+            "CREATE FUNCTION plainqueue_test_refuse() RETURNS trigger AS $$"
+            " BEGIN RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql"
+        )
+    )
+    db.session.execute(
+        sa.text(
+            "CREATE TRIGGER refuse BEFORE INSERT ON plainqueue_tasks FOR EACH ROW"
+            " EXECUTE FUNCTION plainqueue_test_refuse()"
+        )
+    )
+    db.session.commit()
+    with pytest.raises(sa.exc.DBAPIError, match="refused"):
+        queue.perform(task, 1)
+    assert not db.session().in_transaction()
+    db.session.execute(sa.text("DROP TRIGGER refuse ON plainqueue_tasks"))
+    db.session.execute(sa.text("DROP FUNCTION plainqueue_test_refuse()"))
+    db.session.commit()
+    assert queue.count() == 0
+    queue.perform(task, 2)
+    assert queue.count() == 1
