@@ -189,6 +189,14 @@ class Backend:
         """Extra ``RETURNING`` columns of an insert (NOTIFY on PostgreSQL)."""
         return ()
 
+    def insert_many(
+        self, conn: Session | Connection, rows: Sequence[t.Mapping[str, t.Any]]
+    ) -> list[int]:
+        """Insert ``rows`` (two or more) through ``conn``, joining its
+        transaction, and return their ids in order."""
+        stmt = self.statements.insert(self.insert_columns())
+        return list(conn.execute(stmt, list(rows)).scalars())
+
     def notify(self, conn: Connection) -> None:
         """Tell idle workers elsewhere that tasks became due (at commit)."""
 

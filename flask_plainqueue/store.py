@@ -132,10 +132,10 @@ class Store:
         their ids, in order, in one round trip."""
         if not rows:
             return []
+        if len(rows) > 1:
+            return self.backend.insert_many(session, rows)
         stmt = self.statements.insert(self.backend.insert_columns())
-        if len(rows) == 1:
-            return [session.execute(stmt, rows[0]).scalar_one()]
-        return list(session.execute(stmt, list(rows)).scalars())
+        return [session.execute(stmt, rows[0]).scalar_one()]
 
     def perform(
         self, session: Session, rows: Sequence[dict[str, t.Any]], *, commit: bool
