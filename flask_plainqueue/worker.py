@@ -370,7 +370,6 @@ class Worker:
                 while not self._stop.is_set():
                     try:
                         ran = self._cycle(outcomes, None)
-                        failures.succeeded()
                     except Exception as exc:
                         failures.failed(exc, burst)
                         ran = 0
@@ -411,6 +410,14 @@ class Worker:
             self._holds_unwritten(False)
             with self._lock:
                 self._wake_events.remove(wake)
+
+    def _written(self) -> None:
+        """This thread's claim (or settle) committed: claiming works, and what
+        the thread held is written. Said at once, not after the batch it
+        claimed: a batch that ends while other loops' claims fail must not
+        report a recovery, nor keep the others from sweeping while it runs."""
+        self._claim_failures.succeeded()
+        self._holds_unwritten(False)
 
     def _holds_unwritten(self, held: bool) -> None:
         """Record whether this claim loop holds finished tasks that its last
@@ -484,7 +491,7 @@ class Worker:
             # written.
             if outcomes:
                 self.store.settle(self.id, outcomes, claim_time)
-                self._holds_unwritten(False)
+                self._written()
             return 0
         swept = self._swept
         sweep = (
@@ -504,9 +511,7 @@ class Worker:
             ),
             outcomes,
         )
-        # What this loop held is written: the other loops may sweep again
-        # (not only once its next batch has run).
-        self._holds_unwritten(False)
+        self._written()
         if sweep:
             self._swept = claim_time
         if not tasks:
