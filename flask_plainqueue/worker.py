@@ -150,6 +150,12 @@ class Worker:
         )
         # What the claim loops report while claiming fails.
         self._claim_failures = ClaimFailures(self.id, store)
+        # The claim loops (thread ids) holding finished tasks that a failed
+        # claim could not write. Until each has written them, no other loop's
+        # claim hands back expired leases: those tasks' leases may have ended
+        # meanwhile (a full disk, a database away), and a claim that handed
+        # them back would take them and run them again.
+        self._unwritten: set[int] = set()
 
     def _now(self) -> datetime.datetime:
         # run_once(now=...) pins the time for the whole batch (tests, replays).
@@ -364,15 +370,16 @@ class Worker:
                 while not self._stop.is_set():
                     try:
                         ran = self._cycle(outcomes, None)
-                        failures.succeeded()
                     except Exception as exc:
                         failures.failed(exc, burst)
                         ran = 0
+                        self._holds_unwritten(bool(outcomes))
                     except BaseException:  # not a signal: this is not the main thread
                         logger.exception(
                             "Worker %s: a claim loop was interrupted", self.id
                         )
                         ran = 0
+                        self._holds_unwritten(bool(outcomes))
                     interrupt = self._runner.take_interrupt()
                     if interrupt is not None:
                         logger.warning(
@@ -400,8 +407,38 @@ class Worker:
                 self.store.settle(self.id, outcomes, self.clock())
             except Exception:
                 logger.exception("Worker %s: could not record finished tasks", self.id)
+            self._holds_unwritten(False)
             with self._lock:
                 self._wake_events.remove(wake)
+
+    def _written(self) -> None:
+        """This thread's claim (or settle) committed: claiming works, and what
+        the thread held is written. Said at once, not after the batch it
+        claimed: a batch that ends while other loops' claims fail must not
+        report a recovery, nor keep the others from sweeping while it runs."""
+        self._claim_failures.succeeded()
+        self._holds_unwritten(False)
+
+    def _holds_unwritten(self, held: bool) -> None:
+        """Record whether this claim loop holds finished tasks that its last
+        claim failed to write (see :meth:`_may_sweep`)."""
+        loop = threading.get_ident()
+        if held or loop in self._unwritten:
+            with self._lock:
+                if held:
+                    self._unwritten.add(loop)
+                else:
+                    self._unwritten.discard(loop)
+
+    def _may_sweep(self) -> bool:
+        """Whether this thread's claim may hand back expired leases: not while
+        another claim loop holds finished tasks it could not write, whose
+        leases may be among them. (This loop's own are written first, in the
+        same transaction.)"""
+        if not self._unwritten:
+            return True
+        with self._lock:
+            return self._unwritten <= {threading.get_ident()}
 
     @property
     def watcher(self) -> Watcher | None:
@@ -454,13 +491,14 @@ class Worker:
             # written.
             if outcomes:
                 self.store.settle(self.id, outcomes, claim_time)
+                self._written()
             return 0
         swept = self._swept
         sweep = (
             swept is None
             or claim_time < swept
             or claim_time - swept >= self._sweep_every
-        )
+        ) and self._may_sweep()
         tasks = self.store.claim(
             ClaimRequest(
                 owner=self.id,
@@ -473,6 +511,7 @@ class Worker:
             ),
             outcomes,
         )
+        self._written()
         if sweep:
             self._swept = claim_time
         if not tasks:

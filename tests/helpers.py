@@ -100,10 +100,18 @@ def flask_args(app: str, *args: str) -> list[str]:
 class Proc:
     """A child process in its own process group, with its output in files."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], out: Path, err: Path) -> None:
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        out: Path,
+        err: Path,
+        copiers: Sequence[threading.Thread] = (),
+    ) -> None:
         self.popen = popen
         self.out_path = out
         self.err_path = err
+        # Threads copying a piped child's output into the files.
+        self._copiers = copiers
 
     @property
     def pid(self) -> int:
@@ -136,10 +144,12 @@ class Proc:
     def wait(self, timeout: float = TIMEOUT) -> int:
         """Wait for the exit and return the return code; fail on a timeout."""
         try:
-            return self.popen.wait(timeout)
+            code = self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             pytest.fail(f"process {self.popen.args!r} did not exit:\n{self.output()}")
+        self._join_copiers()
+        return code
 
     def kill(self) -> None:
         """SIGKILL the process group (children too) and reap the process."""
@@ -151,6 +161,18 @@ class Proc:
             self.popen.wait(10)
         except subprocess.TimeoutExpired:  # pragma: no cover - unkillable
             pass
+        self._join_copiers()
+
+    def _join_copiers(self) -> None:
+        # Its output is all in the files once the process has exited.
+        for copier in self._copiers:
+            copier.join(10)
+
+
+def _copy(source: t.IO[bytes], path: Path) -> None:
+    with source, path.open("ab", buffering=0) as target:
+        while chunk := os.read(source.fileno(), 65536):
+            target.write(chunk)
 
 
 class Procs:
@@ -169,9 +191,16 @@ class Procs:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         stdin: int | None = subprocess.DEVNULL,
+        piped: bool = False,
     ) -> Proc:
         """Start ``args`` in a new session (so its process group can be killed
-        at once), writing stdout and stderr to files."""
+        at once), writing stdout and stderr to files.
+
+        :param piped: the child writes to pipes, which threads of this process
+            copy into the files: a limit on the size of the files the child
+            writes (``RLIMIT_FSIZE``, a full disk of its own) leaves its
+            output alone.
+        """
         n = len(self._procs)
         out = self._dir / f"{n}.out"
         err = self._dir / f"{n}.err"
@@ -181,11 +210,20 @@ class Procs:
                 env=dict(env) if env is not None else child_env(),
                 cwd=cwd,
                 stdin=stdin,
-                stdout=out_file,
-                stderr=err_file,
+                stdout=subprocess.PIPE if piped else out_file,
+                stderr=subprocess.PIPE if piped else err_file,
                 start_new_session=True,
             )
-        proc = Proc(popen, out, err)
+        copiers = []
+        if piped:
+            for source, path in ((popen.stdout, out), (popen.stderr, err)):
+                assert source is not None
+                copier = threading.Thread(
+                    target=_copy, args=(source, path), daemon=True
+                )
+                copier.start()
+                copiers.append(copier)
+        proc = Proc(popen, out, err, copiers)
         self._procs.append(proc)
         return proc
 

@@ -6,7 +6,8 @@ real ``flask queue work`` (``tests/processes/test_faults.py``).
     PostgreSQL schema of its own).
 ``FAULTAPP_DIR``
     a directory for marker files: ``ran-<name>`` is written by each ordinary
-    task, ``exited-once`` by the task that ends its process on its first try.
+    task (a line per run by ``record``), ``exited-once`` by the task that ends
+    its process on its first try; ``record`` waits for a file ``gate``.
 ``PLAINQUEUE_LEASE_SECONDS``, ``PLAINQUEUE_SHUTDOWN_GRACE``,
 ``PLAINQUEUE_HEARTBEAT``, ``PLAINQUEUE_WORKER_TIMEOUT``
     copied into ``app.config``.
@@ -22,6 +23,7 @@ from pathlib import Path
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
+from flask_plainqueue import current_task
 from flask_plainqueue import PlainQueue
 from flask_plainqueue import signals
 
@@ -116,6 +118,16 @@ def held_then_lost() -> None:
 @queue.task(name="ordinary")
 def ordinary(data: str) -> None:
     _marker(f"ran-{data}").write_text("1")
+
+
+@queue.task(name="record", batch_size=4)
+def record(data: str) -> None:
+    # A line per run, written first: a second run shows as a second line.
+    with _marker(f"ran-{data}").open("a") as marks:
+        marks.write(f"{os.getpid()} {current_task.attempt}\n")
+    gate = _marker("gate")
+    while not gate.exists():
+        time.sleep(0.01)
 
 
 def _receiver(sender: object, *, task: str, **kwargs: object) -> None:

@@ -17,9 +17,13 @@ import pytest
 import sqlalchemy as sa
 from conftest import create_test_app
 from conftest import Env
+from helpers import wait_for
 
 from flask_plainqueue import TaskState
 from flask_plainqueue.scheduler import RETRY_MIN
+from flask_plainqueue.statements import ClaimedTask
+from flask_plainqueue.statements import ClaimRequest
+from flask_plainqueue.statements import Outcomes
 
 UTC = datetime.timezone.utc
 
@@ -178,3 +182,126 @@ def test_batches_keep_running_while_timeouts_replace_the_pool(env: Env) -> None:
     assert errors == []
     assert sorted(done) == list(range(60))
     assert queue.count(name="stuck", state=TaskState.DEAD) == 6
+
+
+@pytest.mark.usefixtures("app_ctx")
+def test_claims_failing_past_a_lease_run_no_finished_task_again(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claims fail (a full disk, a database away) for longer than a lease
+    while each of a worker's two claim loops holds a finished task: once they
+    work again, no claim hands back expired leases until both loops have
+    written what they finished, so no task runs twice. (The first claim that
+    worked handed back the other loop's task, whose lease had ended, took it
+    and ran it a second time.)"""
+    queue = env.queue
+    runs: list[int] = []
+    gate = threading.Event()
+
+    @queue.task(name="gated")
+    def gated(data: int) -> None:
+        runs.append(data)
+        gate.wait(60)
+
+    queue.perform_many(gated, [1, 2])
+    store = queue.store()
+    real_claim = store.claim
+    broken = threading.Event()
+    waiting: set[int] = set()
+
+    def claim(
+        request: ClaimRequest, outcomes: Outcomes | None = None
+    ) -> list[ClaimedTask]:
+        if broken.is_set():
+            if outcomes:
+                waiting.update(task_id for task_id, _ in outcomes.completed)
+            raise sa.exc.OperationalError("claim", {}, Exception("disk is full"))
+        return real_claim(request, outcomes)
+
+    monkeypatch.setattr(store, "claim", claim)
+    worker = queue.worker(env.app, concurrency=2)
+    real_clock = worker.clock
+    ahead = [datetime.timedelta(0)]
+    worker.clock = lambda: real_clock() + ahead[0]
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        # One task on each loop.
+        wait_for(lambda: len(runs) == 2)
+        broken.set()
+        gate.set()
+        wait_for(lambda: len(waiting) == 2)
+        # Both tasks' leases end while their outcomes wait.
+        ahead[0] = datetime.timedelta(
+            seconds=env.app.config["PLAINQUEUE_LEASE_SECONDS"] + 5
+        )
+        broken.clear()
+        wait_for(lambda: queue.count() == 0)
+    finally:
+        worker.stop(grace=5)
+        thread.join(60)
+        queue.forget_worker(worker)
+    assert not thread.is_alive()
+    assert sorted(runs) == [1, 2]
+
+
+@pytest.mark.usefixtures("app_ctx")
+def test_a_batch_ending_while_claims_fail_reports_no_recovery(
+    env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One claim loop runs a batch it claimed before claims began to fail
+    while the other loop's claims fail: the batch's end is no recovery. The
+    failure is logged once with its traceback, and the recovery once, when a
+    claim works again. (A loop reported its claim as working once its batch
+    ended: "claiming works again after 0.0s", then the failure again.)"""
+    queue = env.queue
+    gate = threading.Event()
+
+    @queue.task(name="gated")
+    def gated(data: int) -> None:
+        gate.wait(60)
+
+    first = queue.perform(gated, 1)
+    store = queue.store()
+    real_claim = store.claim
+    broken = threading.Event()
+    tried_after_batch = threading.Event()
+
+    def claim(
+        request: ClaimRequest, outcomes: Outcomes | None = None
+    ) -> list[ClaimedTask]:
+        if broken.is_set():
+            if outcomes and (first, 1) in outcomes.completed:
+                tried_after_batch.set()
+            raise sa.exc.OperationalError("claim", {}, Exception("disk is full"))
+        return real_claim(request, outcomes)
+
+    monkeypatch.setattr(store, "claim", claim)
+    caplog.set_level(logging.WARNING, logger="flask_plainqueue.worker")
+    worker = queue.worker(env.app, concurrency=2)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        wait_for(lambda: queue.count(state=TaskState.RUNNING) == 1)
+        broken.set()
+        queue.perform(gated, 2)  # wakes the idle loop, whose claim fails
+        wait_for(lambda: "claiming failed" in caplog.text)
+        gate.set()
+        # The batch has ended and its loop's claim failed too.
+        wait_for(tried_after_batch.is_set)
+        failing = [r.getMessage() for r in caplog.records]
+        broken.clear()
+        wait_for(lambda: queue.count() == 0)
+    finally:
+        worker.stop(grace=5)
+        thread.join(60)
+        queue.forget_worker(worker)
+    assert [m for m in failing if "claiming" in m] == [
+        f"Worker {worker.id}: claiming failed; will retry"
+    ]
+    recovered = [
+        m
+        for m in map(logging.LogRecord.getMessage, caplog.records)
+        if "works again" in m
+    ]
+    assert len(recovered) == 1, recovered

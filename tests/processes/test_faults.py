@@ -1,17 +1,22 @@
 """Fault tests in a real ``flask queue work`` process (the trust issue): tasks,
 callbacks and receivers that raise each kind of ``BaseException``, a task that
-blocks past its timeout and the grace period, a 1 MB error message, and a task
-that ends its process. Afterwards the worker is alive (or, for the process
-that was ended, a new one takes over), each row is in its documented state,
-and ordinary tasks enqueued after the bad ones ran. On SQLite and PostgreSQL.
+blocks past its timeout and the grace period, a 1 MB error message, a task
+that ends its process, and a full disk (SQLite). Afterwards the worker is
+alive (or, for the process that was ended, a new one takes over), each row is
+in its documented state, and ordinary tasks enqueued after the bad ones ran.
+On SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
 import datetime
 import importlib
+import os
+import resource
 import signal
+import sqlite3
 import sys
+import time
 import typing as t
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +33,7 @@ from helpers import wait_for
 from flask_plainqueue import TaskState
 from flask_plainqueue.runner import MAX_ERROR_LENGTH
 from flask_plainqueue.scheduler import STATS_FLUSH_INTERVAL
+from flask_plainqueue.sqlite import utc_text
 
 pytestmark = pytest.mark.slow
 
@@ -352,3 +358,125 @@ def test_a_killed_worker_loses_at_most_its_last_flush_interval_of_counts(
         worker.kill()
         after_kill = queue.stats(name="ordinary").total.succeeded
     assert 5 <= after_kill <= 8, after_kill
+
+
+def _file_size_limit(pid: int, limit: int) -> None:
+    """Let process ``pid`` write no byte at or past offset ``limit`` of any
+    file: its own full disk (the soft ``RLIMIT_FSIZE``; the hard one stays, so
+    the limit can be lifted again). Python ignores ``SIGXFSZ``, so a write past
+    the limit fails with ``EFBIG``: SQLite reports a write that starts past it
+    as "disk I/O error" and one cut short by it as "database or disk is full".
+    Pipes have no size: a child started with ``piped=True`` still logs."""
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+
+def _cpu_seconds(pid: int) -> float:
+    """The CPU time process ``pid`` has used (user and system)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _runs(faultapp: t.Any) -> dict[str, int]:
+    """How many times ``record`` ran with each datum (a line per run)."""
+    return {
+        path.name.removeprefix("ran-"): len(path.read_text().splitlines())
+        for path in faultapp.marks.glob("ran-*")
+    }
+
+
+def test_a_full_disk_stops_no_worker_and_runs_no_finished_task_again(
+    procs: Procs, faultapp: t.Any, database_uri: str
+) -> None:
+    """A worker whose disk fills up (every write it makes fails: to the
+    database, its WAL, a checkpoint) just as its two claim loops finish a
+    batch each, for longer than a lease, while tasks are enqueued from
+    elsewhere: it goes on without spinning, logs the failed claim once with
+    its traceback (not once per retry) and its recovery once, and once the
+    disk has room again it writes what had finished, runs every task exactly
+    once (those finished before are not run again though their leases ended
+    meanwhile, and are counted once in the stats), beats again, leaves no
+    task leased, and exits 0 on SIGTERM; the database passes ``PRAGMA
+    integrity_check``."""
+    if not database_uri.startswith("sqlite"):
+        pytest.skip("RLIMIT_FSIZE fills the disk of local files only (SQLite's)")
+    queue, app = faultapp.queue, faultapp.app
+    db_path = database_uri.removeprefix("sqlite:///")
+    faultapp.child_env.update(PLAINQUEUE_HEARTBEAT="1", PLAINQUEUE_WORKER_TIMEOUT="30")
+    worker = procs.start(
+        flask_args("faultapp:create_app()", "queue", "work", "--concurrency", "2"),
+        env=faultapp.child_env,
+        piped=True,
+    )
+    with app.app_context():
+        wait_for(queue.workers, message=worker.output)
+        # In one transaction: each claim loop takes a batch of four, and four
+        # tasks wait.
+        queue.perform_many("record", [f"before-{n}" for n in range(12)])
+    # Both batches have started, and wait for the gate.
+    wait_for(lambda: len(_runs(faultapp)) == 8, message=worker.output)
+    # Past a mark's line, short of the first page of the database or the WAL.
+    _file_size_limit(worker.pid, 256)
+    full_since, cpu_before = time.monotonic(), _cpu_seconds(worker.pid)
+    (faultapp.marks / "gate").write_text("")
+    with app.app_context():
+        for n in range(6):
+            queue.perform("record", f"during-{n}")
+
+    def failed_beats() -> int:
+        return worker.stderr().count("could not record its heartbeat")
+
+    def leased(*, expired: bool) -> int:
+        now = utc_text(datetime.datetime.now(datetime.timezone.utc))
+        conn = sqlite3.connect(db_path, timeout=30)
+        try:
+            (count,) = conn.execute(
+                "SELECT count(*) FROM plainqueue_tasks WHERE lease_owner IS NOT NULL"
+                f" AND run_at {'<=' if expired else '>'} ?",
+                (now,),
+            ).fetchone()
+            return int(count)
+        finally:
+            conn.close()
+
+    wait_for(lambda: failed_beats() >= 3, message=worker.output)
+    # The eight finished tasks' leases (3 s) end while their outcomes wait.
+    wait_for(lambda: leased(expired=False) == 0, message=worker.output)
+    assert leased(expired=True) == 8, worker.output()
+    # A few more rounds of failing claims after that.
+    beats = failed_beats()
+    wait_for(lambda: failed_beats() >= beats + 2, message=worker.output)
+    assert worker.returncode is None, worker.output()
+    cpu = _cpu_seconds(worker.pid) - cpu_before
+    full_for = time.monotonic() - full_since
+    lifted = datetime.datetime.now(datetime.timezone.utc)
+    _file_size_limit(worker.pid, resource.RLIM_INFINITY)
+
+    with app.app_context():
+        wait_for(lambda: queue.count() == 0, message=worker.output)
+
+        def beating() -> bool:
+            (row,) = queue.workers()
+            return bool(row.heartbeat > lifted)
+
+        wait_for(beating, message=worker.output)
+    expected = [f"before-{n}" for n in range(12)] + [f"during-{n}" for n in range(6)]
+    assert _runs(faultapp) == dict.fromkeys(expected, 1), worker.output()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.output()
+    with app.app_context():
+        # Written on the way out: each attempt counted once.
+        assert queue.stats(name="record").total.succeeded == 18
+    err = worker.stderr()
+    assert "disk I/O error" in err or "database or disk is full" in err, err
+    # Retried without spinning (idle, it uses about 1 % of a CPU).
+    assert cpu < full_for / 4, (cpu, full_for)
+    # A traceback for the first failed claim (and one per stats flush), not
+    # one per retry: fewer than the failed heartbeats, one a second.
+    assert err.count("claiming failed; will retry") == 1, err
+    assert err.count("claiming works again") == 1, err
+    assert err.count("Traceback") < failed_beats(), err
+    conn = sqlite3.connect(db_path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        conn.close()
