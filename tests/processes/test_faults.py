@@ -170,12 +170,9 @@ def test_task_that_ends_its_process_runs_again_in_the_next_worker(
     assert sys.platform  # the second run needed no help
 
 
-def test_second_sigterm_hands_back_a_running_batch(
-    procs: Procs, faultapp: t.Any
-) -> None:
-    """Item 16: a second SIGTERM replaces the first one's deadline (the grace
-    period) with an earlier one: the batch's rows are handed back, due now and
-    not counted as failures, and the process exits."""
+def _slow_batch_running(procs: Procs, faultapp: t.Any) -> tuple[t.Any, list[int]]:
+    """A worker running a batch of three ``slow_batch`` tasks, with a grace
+    period and a lease long enough that only a second signal ends them."""
     queue, app = faultapp.queue, faultapp.app
     faultapp.child_env["PLAINQUEUE_SHUTDOWN_GRACE"] = "600"
     faultapp.child_env["PLAINQUEUE_LEASE_SECONDS"] = "600"
@@ -191,16 +188,32 @@ def test_second_sigterm_hands_back_a_running_batch(
     worker.signal(signal.SIGTERM)
     # Two signals sent back to back reach Python's handler as one.
     wait_for(lambda: "SIGTERM received" in worker.stderr(), message=worker.output)
-    worker.signal(signal.SIGTERM)
-    assert worker.wait() == 0, worker.output()
-    assert "handing back" in worker.stderr()
+    return worker, ids
+
+
+def _assert_handed_back(faultapp: t.Any, ids: list[int], output: str) -> None:
+    """Due now, unleased and not counted as failures."""
+    queue, app = faultapp.queue, faultapp.app
     with app.app_context():
         for task_id in ids:
             info = queue.get(task_id)
             assert info is not None
-            assert info.state is TaskState.PENDING, worker.output()
+            assert info.state is TaskState.PENDING, output
             assert info.lease_owner is None
             assert info.failed_nr == 0
+
+
+def test_second_sigterm_hands_back_a_running_batch(
+    procs: Procs, faultapp: t.Any
+) -> None:
+    """Item 16: a second SIGTERM replaces the first one's deadline (the grace
+    period) with an earlier one: the batch's rows are handed back, due now and
+    not counted as failures, and the process exits."""
+    worker, ids = _slow_batch_running(procs, faultapp)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0, worker.output()
+    assert "handing back" in worker.stderr()
+    _assert_handed_back(faultapp, ids, worker.output())
 
 
 def test_a_storm_of_sigterms_during_shutdown_still_ends_the_worker(
@@ -210,29 +223,11 @@ def test_a_storm_of_sigterms_during_shutdown_still_ends_the_worker(
     the main thread holds one of the locks that stopping takes (a handler that
     called ``stop`` there could hang the process for good). The worker exits
     0 and the running batch is handed back, not failed."""
-    queue, app = faultapp.queue, faultapp.app
-    faultapp.child_env["PLAINQUEUE_SHUTDOWN_GRACE"] = "600"
-    faultapp.child_env["PLAINQUEUE_LEASE_SECONDS"] = "600"
-    with app.app_context():
-        ids = [queue.perform("slow_batch") for _ in range(3)]
-    worker = _work(procs, faultapp)
-
-    def running() -> bool:
-        with app.app_context():
-            return bool(queue.count(state=TaskState.RUNNING) == 3)
-
-    wait_for(running, message=worker.output)
-    worker.signal(signal.SIGTERM)
-    wait_for(lambda: "SIGTERM received" in worker.stderr(), message=worker.output)
+    worker, ids = _slow_batch_running(procs, faultapp)
     for _ in range(300):
         worker.signal(signal.SIGTERM)  # a no-op once the process has exited
     assert worker.wait() == 0, worker.output()
-    with app.app_context():
-        for task_id in ids:
-            info = queue.get(task_id)
-            assert info is not None
-            assert info.state is TaskState.PENDING, worker.output()
-            assert info.failed_nr == 0
+    _assert_handed_back(faultapp, ids, worker.output())
 
 
 def test_a_killed_workers_task_runs_again_before_its_lease_ends(
