@@ -3,6 +3,7 @@ condition waits, and subprocesses that are always cleaned up."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -443,3 +444,18 @@ class Ops(t.NamedTuple):
         monkeypatch.setattr(
             store, "clock", lambda: clock() + datetime.timedelta(seconds=seconds)
         )
+
+
+@contextlib.contextmanager
+def worker_thread(queue: t.Any, worker: t.Any) -> Iterator[None]:
+    """``worker.run()`` on a thread for the ``with`` block; then stopped
+    (5 s of grace), joined and forgotten, and checked to have ended."""
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        yield
+    finally:
+        worker.stop(grace=5)
+        thread.join(60)
+        queue.forget_worker(worker)
+    assert not thread.is_alive()

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from conftest import create_test_app
 from conftest import Env
 from helpers import wait_for
+from helpers import worker_thread
 
 from flask_plainqueue import TaskState
 from flask_plainqueue.scheduler import RETRY_MIN
@@ -223,9 +224,7 @@ def test_claims_failing_past_a_lease_run_no_finished_task_again(
     real_clock = worker.clock
     ahead = [datetime.timedelta(0)]
     worker.clock = lambda: real_clock() + ahead[0]
-    thread = threading.Thread(target=worker.run)
-    thread.start()
-    try:
+    with worker_thread(queue, worker):
         # One task on each loop.
         wait_for(lambda: len(runs) == 2)
         broken.set()
@@ -237,11 +236,6 @@ def test_claims_failing_past_a_lease_run_no_finished_task_again(
         )
         broken.clear()
         wait_for(lambda: queue.count() == 0)
-    finally:
-        worker.stop(grace=5)
-        thread.join(60)
-        queue.forget_worker(worker)
-    assert not thread.is_alive()
     assert sorted(runs) == [1, 2]
 
 
@@ -279,9 +273,7 @@ def test_a_batch_ending_while_claims_fail_reports_no_recovery(
     monkeypatch.setattr(store, "claim", claim)
     caplog.set_level(logging.WARNING, logger="flask_plainqueue.worker")
     worker = queue.worker(env.app, concurrency=2)
-    thread = threading.Thread(target=worker.run)
-    thread.start()
-    try:
+    with worker_thread(queue, worker):
         wait_for(lambda: queue.count(state=TaskState.RUNNING) == 1)
         broken.set()
         queue.perform(gated, 2)  # wakes the idle loop, whose claim fails
@@ -292,10 +284,6 @@ def test_a_batch_ending_while_claims_fail_reports_no_recovery(
         failing = [r.getMessage() for r in caplog.records]
         broken.clear()
         wait_for(lambda: queue.count() == 0)
-    finally:
-        worker.stop(grace=5)
-        thread.join(60)
-        queue.forget_worker(worker)
     assert [m for m in failing if "claiming" in m] == [
         f"Worker {worker.id}: claiming failed; will retry"
     ]
