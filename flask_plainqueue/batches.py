@@ -164,7 +164,7 @@ class BatchRunner:
             running = [task for i, task in enumerate(tasks) if i not in finished]
             if timed_out:
                 self.leases.release(held, running)
-                for failure in self._time_out(definition, running):
+                for failure in self._time_out(definition, running, outcomes):
                     count(counts, failure, limit or 0.0)
             else:
                 self.leases.hand_back(held)
@@ -199,9 +199,16 @@ class BatchRunner:
             return self._pool.run_batch(self._runner.timed, calls, helped=helped)
 
     def _time_out(
-        self, definition: TaskDefinition[t.Any, t.Any], tasks: Sequence[ClaimedTask]
+        self,
+        definition: TaskDefinition[t.Any, t.Any],
+        tasks: Sequence[ClaimedTask],
+        outcomes: Outcomes,
     ) -> list[Failure]:
-        failures = self._runner.time_out(definition, tasks)
+        failures, written = self._runner.time_out(definition, tasks)
+        if not written:
+            # Written with this loop's next claim, which writes outcomes before
+            # it hands back any expired lease.
+            outcomes.failed.extend(failures)
         # The stuck threads keep their pool slots: later batches get a new pool.
         with self._lock:
             stuck, self._pool = self._pool, None

@@ -86,10 +86,11 @@ class TaskRunner(FailedAttempts):
 
     def time_out(
         self, definition: TaskDefinition[t.Any, t.Any], tasks: Sequence[ClaimedTask]
-    ) -> list[Failure]:
+    ) -> tuple[list[Failure], bool]:
         """Fail sync tasks that ran past their timeout and give up their leases now;
         their threads run on, and whatever they return later is discarded.
-        Returns the failures written (none if they could not be)."""
+        Returns the failures, and whether they were written: if not, the
+        caller writes them with its next claim (the attempt still counts)."""
         outcomes = Outcomes()
         limit = t.cast(float, definition.options.timeout)
         with self.app.app_context():
@@ -104,18 +105,21 @@ class TaskRunner(FailedAttempts):
                     data = None
                 outcomes.failed.append(self._failed(definition, task, data, exc, limit))
         failed = list(outcomes.failed)  # settle() empties outcomes
+        written = True
         try:
             self.store.settle(self.id, outcomes, self._now())
         except Exception:
+            written = False
             logger.exception(
-                "Worker %s: could not record timed-out tasks; their leases expire"
-                " and they run again",
+                "Worker %s: could not record timed-out tasks now; they are"
+                " recorded with the next claim",
                 self.id,
             )
-            return []
+        # Recorded now or with the next claim, before any expired lease is
+        # handed back: whatever the thread returns later is discarded.
         for task in tasks:
             self._timed_out[(task.id, task.attempts)] = True
-        return failed
+        return failed, written
 
     def take_interrupt(self) -> BaseException | None:
         """The first ``KeyboardInterrupt`` or ``SystemExit`` a task, a callback

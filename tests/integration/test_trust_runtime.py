@@ -293,3 +293,53 @@ def test_a_batch_ending_while_claims_fail_reports_no_recovery(
         if "works again" in m
     ]
     assert len(recovered) == 1, recovered
+
+
+@pytest.mark.usefixtures("app_ctx")
+def test_a_timeout_that_cannot_be_written_at_once_is_written_with_the_next_claim(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync task runs past its timeout while writes fail: the timed-out
+    attempt still counts. Its failure is kept and written with the loop's next
+    claim, so the task ends dead (no retries left) long before its lease would
+    end, and its body ran once. (The failure was dropped: the row stayed
+    leased until the lease ended, then ran again without counting it.)"""
+    queue = env.queue
+    gate = threading.Event()
+    runs: list[int] = []
+
+    @queue.task(name="stuck", timeout=0.3, max_retries=0)
+    def stuck(data: int) -> None:
+        runs.append(data)
+        gate.wait(60)
+
+    store = queue.store()
+    real_settle = store.settle
+    refused: list[int] = []
+
+    def settle(owner: str, outcomes: Outcomes, now: datetime.datetime) -> None:
+        if outcomes.failed and not refused:
+            refused.extend(f.id for f in outcomes.failed)
+            raise sa.exc.OperationalError("settle", {}, Exception("disk is full"))
+        real_settle(owner, outcomes, now)
+
+    monkeypatch.setattr(store, "settle", settle)
+    task_id = queue.perform(stuck, 1)
+    worker = queue.worker(env.app)
+    try:
+        with worker_thread(queue, worker):
+
+            def dead() -> bool:
+                env.db.session.rollback()
+                info = queue.get(task_id)
+                return info is not None and info.state is TaskState.DEAD
+
+            wait_for(dead, timeout=60)
+    finally:
+        gate.set()
+    assert refused == [task_id]
+    info = queue.get(task_id)
+    assert info is not None
+    assert info.failed_nr == 1
+    assert info.error is not None and "TimeoutError" in info.error
+    assert runs == [1]
