@@ -8,6 +8,8 @@ import logging
 import time
 import typing as t
 
+from .failure_log import FailureLog
+
 if t.TYPE_CHECKING:
     from .store import Store
 
@@ -16,8 +18,6 @@ logger = logging.getLogger("flask_plainqueue.worker")
 #: How long a missing queue table is waited for quietly before it is reported:
 #: under ``flask run`` the worker starts while the app may still be creating it.
 MISSING_TABLE_GRACE = 5.0
-#: While claiming keeps failing, how often it is logged again (seconds).
-FAILURE_LOG_INTERVAL = 60.0
 
 
 class ClaimFailures:
@@ -30,8 +30,15 @@ class ClaimFailures:
     def __init__(self, worker_id: str, store: Store) -> None:
         self.worker_id = worker_id
         self.store = store
-        self._failing_since: float | None = None
-        self._failure_logged = 0.0
+        # A failing claim (e.g. the database restarting) is logged with its
+        # traceback once, then once a minute, and its recovery once.
+        self._log = FailureLog(
+            logger,
+            worker_id,
+            failed="Worker %s: claiming failed; will retry",
+            still="Worker %s: claiming still fails after %.0fs: %s",
+            works="Worker %s: claiming works again after %.1fs of failures",
+        )
         self._missing_table_since: float | None = None
         self._missing_table_reported = False
 
@@ -56,29 +63,9 @@ class ClaimFailures:
                 self.store.table.name,
             )
             return
-        # A failing claim (e.g. the database restarting) is logged with its
-        # traceback once, then once a minute, and its recovery once.
-        if self._failing_since is None:
-            self._failing_since = self._failure_logged = now
-            logger.exception("Worker %s: claiming failed; will retry", self.worker_id)
-        elif now - self._failure_logged >= FAILURE_LOG_INTERVAL:
-            self._failure_logged = now
-            logger.error(
-                "Worker %s: claiming still fails after %.0fs: %s",
-                self.worker_id,
-                now - self._failing_since,
-                exc,
-            )
-        else:
-            logger.debug("Worker %s: claiming failed again: %s", self.worker_id, exc)
+        self._log.failed(exc)
 
     def succeeded(self) -> None:
         """A claim worked: report the recovery if claims had been failing."""
         self._missing_table_since = None
-        since, self._failing_since = self._failing_since, None
-        if since is not None:
-            logger.warning(
-                "Worker %s: claiming works again after %.1fs of failures",
-                self.worker_id,
-                time.monotonic() - since,
-            )
+        self._log.succeeded()

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from collections.abc import Sequence
 
 from .clock import Clock
+from .failure_log import FailureLog
 from .statements import ClaimedTask
 
 if t.TYPE_CHECKING:
@@ -81,6 +82,13 @@ class Leases:
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._extend_failures = FailureLog(
+            logger,
+            owner,
+            failed="Worker %s: could not extend leases; will try again",
+            still="Worker %s: extending leases still fails after %.0fs: %s",
+            works="Worker %s: extending leases works again after %.1fs of failures",
+        )
 
     def hold(
         self, tasks: Sequence[ClaimedTask], *, extendable: bool, inline: bool
@@ -137,9 +145,10 @@ class Leases:
         ids = [task.id for task in tasks]
         try:
             held = self.store.extend(self.owner, ids, self.clock() + self.lease)
-        except Exception:
-            logger.exception("Worker %s: could not extend leases", self.owner)
+        except Exception as exc:
+            self._extend_failures.failed(exc)
             return
+        self._extend_failures.succeeded()
         if held < len(ids):
             logger.warning(
                 "Worker %s lost the lease of %d running task(s); another worker may"

@@ -12,6 +12,7 @@ import typing as t
 from . import history
 from .clock import as_utc
 from .clock import Clock
+from .failure_log import FailureLog
 from .statements import new_row
 
 if t.TYPE_CHECKING:
@@ -67,6 +68,14 @@ class Scheduler:
         self.tally = tally
         self._next_flush = time.monotonic() + STATS_FLUSH_INTERVAL
         self._stats_missing_reported = False
+        self._stats_failures = FailureLog(
+            logger,
+            owner,
+            failed="Worker %s: could not write the task stats; will try again",
+            still="Worker %s: writing the task stats still fails after %.0fs: %s",
+            works="Worker %s: writing the task stats works again after %.1fs of"
+            " failures",
+        )
         self._stopped = False
         self._wake = threading.Event()
         #: Only the heartbeat, no ticks or housekeeping (a ``--burst`` worker).
@@ -238,13 +247,10 @@ class Scheduler:
         if self.tally is None or not len(self.tally):
             return 0
         try:
-            return self.tally.flush(self.store)
+            written = self.tally.flush(self.store)
         except Exception as exc:
             if not self.store.is_missing_table(exc):
-                logger.exception(
-                    "Worker %s: could not write the task stats; will try again",
-                    self.owner,
-                )
+                self._stats_failures.failed(exc)
             elif not self._stats_missing_reported:
                 # An app upgraded without its migration: say so once.
                 self._stats_missing_reported = True
@@ -256,6 +262,8 @@ class Scheduler:
                     self.store.tables.stats.name,
                 )
             return 0
+        self._stats_failures.succeeded()
+        return written
 
     # -- housekeeping -----------------------------------------------------------
 

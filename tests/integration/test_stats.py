@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import typing as t
 
 import pytest
@@ -145,6 +146,37 @@ def test_failed_flush_keeps_the_counts(
     monkeypatch.undo()
     assert worker.scheduler.flush_stats() == 1
     assert [r.succeeded for r in _rows(env)] == [4]
+
+
+def test_flushes_failing_for_a_while_log_one_traceback_and_one_recovery(
+    env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database away for a while fails a flush every 10 s: the first is
+    logged with its traceback, the next ones (within a minute) only at DEBUG,
+    and the recovery once. (Each failed flush logged a traceback.)"""
+    _define(env)
+    worker = env.queue.worker()
+    counts = Counts()
+    counts.succeeded = 2
+    worker.tally.add(datetime.datetime.now(UTC), "ok", counts)
+
+    def broken(*args: t.Any) -> None:
+        raise sa.exc.OperationalError("INSERT", {}, Exception("database is down"))
+
+    caplog.set_level(logging.INFO, logger="flask_plainqueue")
+    monkeypatch.setattr("flask_plainqueue.tally.history.add", broken)
+    for _ in range(5):
+        assert worker.scheduler.flush_stats() == 0
+    monkeypatch.undo()
+    assert worker.scheduler.flush_stats() == 1
+    assert worker.scheduler.flush_stats() == 0  # nothing new, nothing logged
+    stats = [r for r in caplog.records if "task stats" in r.getMessage()]
+    assert [(r.levelno, r.exc_info is not None) for r in stats] == [
+        (logging.ERROR, True),
+        (logging.WARNING, False),
+    ]
+    assert "works again" in stats[1].getMessage()
+    assert [r.succeeded for r in _rows(env)] == [2]
 
 
 def test_worker_run_flushes_on_stop(env: Env) -> None:

@@ -343,3 +343,51 @@ def test_a_timeout_that_cannot_be_written_at_once_is_written_with_the_next_claim
     assert info.failed_nr == 1
     assert info.error is not None and "TimeoutError" in info.error
     assert runs == [1]
+
+
+@pytest.mark.usefixtures("app_ctx")
+def test_lease_extensions_failing_for_a_while_log_one_traceback_and_one_recovery(
+    env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watchdog extends running tasks' leases every third of a lease;
+    while the database is away each extension fails. The first failure is
+    logged with its traceback, the recovery once. (Each one logged a
+    traceback.)"""
+    queue = env.queue
+
+    @queue.task(name="held")
+    def held() -> None: ...
+
+    task_id = queue.perform(held)
+    worker = queue.worker(env.app)
+    (task,) = queue.store().claim(
+        ClaimRequest(
+            owner=worker.id,
+            names=["held"],
+            batch_sizes={"held": 1},
+            now=worker.clock(),
+            until=worker.clock() + datetime.timedelta(seconds=30),
+        )
+    )
+    store = queue.store()
+    real_extend = store.extend
+
+    def extend(*args: t.Any) -> int:
+        raise sa.exc.OperationalError("UPDATE", {}, Exception("database is away"))
+
+    caplog.set_level(logging.INFO, logger="flask_plainqueue")
+    monkeypatch.setattr(store, "extend", extend)
+    for _ in range(5):
+        worker.leases.extend([task])
+    monkeypatch.setattr(store, "extend", real_extend)
+    worker.leases.extend([task])
+    worker.leases.extend([task])
+    lines = [r for r in caplog.records if "leases" in r.getMessage()]
+    assert [(r.levelno, r.exc_info is not None) for r in lines] == [
+        (logging.ERROR, True),
+        (logging.WARNING, False),
+    ]
+    assert "works again" in lines[1].getMessage()
+    info = queue.get(task_id)
+    assert info is not None and info.lease_owner == worker.id
+    queue.forget_worker(worker)
