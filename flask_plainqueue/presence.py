@@ -141,8 +141,9 @@ class Presence:
         """Make the next :meth:`step` heartbeat (e.g. to record ``stopping``)."""
         self._next_beat = 0.0
 
-    def beat(self) -> None:
-        """Record a heartbeat, then free the tasks of lost workers."""
+    def beat(self) -> bool:
+        """Record a heartbeat, then free the tasks of lost workers; return
+        whether it was written."""
         state = "stopping" if self._stopping() else "running"
         try:
             now = self.clock()
@@ -154,6 +155,8 @@ class Presence:
             self.free_lost(now)
         except Exception as exc:
             self._failed(exc, "could not record its heartbeat")
+            return False
+        return True
 
     def free_lost(self, now: datetime.datetime) -> int:
         """Make the tasks that lost workers hold due at once; return how many."""

@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import typing as t
 from collections.abc import Callable
+from collections.abc import Iterator
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -78,6 +79,15 @@ class Outcomes:
         self.completed.clear()
         self.failed.clear()
         self.kept.clear()
+
+    def each(self) -> Iterator[tuple[int, Outcomes]]:
+        """Each outcome on its own, with its task's id."""
+        for done in self.completed:
+            yield done[0], Outcomes(completed=[done])
+        for failure in self.failed:
+            yield failure.id, Outcomes(failed=[failure])
+        for kept in self.kept:
+            yield kept.id, Outcomes(kept=[kept])
 
 
 @dataclasses.dataclass(frozen=True)

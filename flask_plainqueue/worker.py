@@ -35,6 +35,8 @@ from .statements import Outcomes
 from .store import AppParts
 from .tally import Counts
 from .tally import Tally
+from .unwritten import REFUSED_AFTER
+from .unwritten import Unwritten
 
 if t.TYPE_CHECKING:
     from flask import Flask
@@ -148,14 +150,13 @@ class Worker:
         self.scheduler = Scheduler(
             parts, self.id, self.clock, self.presence, tally=self.tally
         )
-        # What the claim loops report while claiming fails.
+        # What the claim loops report while claiming fails, and the finished
+        # tasks they hold meanwhile.
         self._claim_failures = ClaimFailures(self.id, store)
-        # The claim loops (thread ids) holding finished tasks that a failed
-        # claim could not write. Until each has written them, no other loop's
-        # claim hands back expired leases: those tasks' leases may have ended
-        # meanwhile (a full disk, a database away), and a claim that handed
-        # them back would take them and run them again.
-        self._unwritten: set[int] = set()
+        # (The clock through self: tests replace it on a built worker.)
+        self._unwritten = Unwritten(
+            self.id, store, self.presence, self._claim_failures, lambda: self.clock()
+        )
 
     def _now(self) -> datetime.datetime:
         # run_once(now=...) pins the time for the whole batch (tests, replays).
@@ -365,21 +366,26 @@ class Worker:
             self._wake_events.append(wake)
         idle = MIN_IDLE
         failures = self._claim_failures
+        failed_in_row = 0
         try:
             with self.store.pinned():
                 while not self._stop.is_set():
                     try:
                         ran = self._cycle(outcomes, None)
+                        failed_in_row = 0
                     except Exception as exc:
                         failures.failed(exc, burst)
                         ran = 0
-                        self._holds_unwritten(bool(outcomes))
+                        failed_in_row += 1
+                        if outcomes and failed_in_row % REFUSED_AFTER == 0:
+                            self._unwritten.write_apart(outcomes)
+                        self._unwritten.hold(bool(outcomes))
                     except BaseException:  # not a signal: this is not the main thread
                         logger.exception(
                             "Worker %s: a claim loop was interrupted", self.id
                         )
                         ran = 0
-                        self._holds_unwritten(bool(outcomes))
+                        self._unwritten.hold(bool(outcomes))
                     interrupt = self._runner.take_interrupt()
                     if interrupt is not None:
                         logger.warning(
@@ -407,38 +413,9 @@ class Worker:
                 self.store.settle(self.id, outcomes, self.clock())
             except Exception:
                 logger.exception("Worker %s: could not record finished tasks", self.id)
-            self._holds_unwritten(False)
+            self._unwritten.hold(False)
             with self._lock:
                 self._wake_events.remove(wake)
-
-    def _written(self) -> None:
-        """This thread's claim (or settle) committed: claiming works, and what
-        the thread held is written. Said at once, not after the batch it
-        claimed: a batch that ends while other loops' claims fail must not
-        report a recovery, nor keep the others from sweeping while it runs."""
-        self._claim_failures.succeeded()
-        self._holds_unwritten(False)
-
-    def _holds_unwritten(self, held: bool) -> None:
-        """Record whether this claim loop holds finished tasks that its last
-        claim failed to write (see :meth:`_may_sweep`)."""
-        loop = threading.get_ident()
-        if held or loop in self._unwritten:
-            with self._lock:
-                if held:
-                    self._unwritten.add(loop)
-                else:
-                    self._unwritten.discard(loop)
-
-    def _may_sweep(self) -> bool:
-        """Whether this thread's claim may hand back expired leases: not while
-        another claim loop holds finished tasks it could not write, whose
-        leases may be among them. (This loop's own are written first, in the
-        same transaction.)"""
-        if not self._unwritten:
-            return True
-        with self._lock:
-            return self._unwritten <= {threading.get_ident()}
 
     @property
     def watcher(self) -> Watcher | None:
@@ -491,14 +468,14 @@ class Worker:
             # written.
             if outcomes:
                 self.store.settle(self.id, outcomes, claim_time)
-                self._written()
+                self._unwritten.written()
             return 0
         swept = self._swept
         sweep = (
             swept is None
             or claim_time < swept
             or claim_time - swept >= self._sweep_every
-        ) and self._may_sweep()
+        ) and self._unwritten.may_sweep()
         tasks = self.store.claim(
             ClaimRequest(
                 owner=self.id,
@@ -511,7 +488,7 @@ class Worker:
             ),
             outcomes,
         )
-        self._written()
+        self._unwritten.written()
         if sweep:
             self._swept = claim_time
         if not tasks:

@@ -391,3 +391,89 @@ def test_lease_extensions_failing_for_a_while_log_one_traceback_and_one_recovery
     info = queue.get(task_id)
     assert info is not None and info.lease_owner == worker.id
     queue.forget_worker(worker)
+
+
+def _refuse_deleting(env: Env, task_id: int) -> t.Callable[[], None]:
+    """A trigger that makes the database refuse to delete row ``task_id``;
+    returns what drops it."""
+    session = env.db.session
+    table = env.queue.store().table.name
+    if env.db.engine.dialect.name == "sqlite":
+        session.execute(
+            sa.text(
+                f"CREATE TRIGGER refuse BEFORE DELETE ON {table}"
+                f" WHEN OLD.id = {task_id} BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+        )
+        drops = ["DROP TRIGGER refuse"]
+    else:
+        session.execute(
+            sa.text(
+                "CREATE FUNCTION plainqueue_test_refuse() RETURNS trigger AS $$"
+                " BEGIN RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql"
+            )
+        )
+        session.execute(
+            sa.text(
+                f"CREATE TRIGGER refuse BEFORE DELETE ON {table} FOR EACH ROW"
+                f" WHEN (OLD.id = {task_id}) EXECUTE FUNCTION plainqueue_test_refuse()"
+            )
+        )
+        drops = [
+            f"DROP TRIGGER refuse ON {table}",
+            "DROP FUNCTION plainqueue_test_refuse()",
+        ]
+    session.commit()
+
+    def drop() -> None:
+        session.rollback()
+        for statement in drops:
+            session.execute(sa.text(statement))
+        session.commit()
+
+    return drop
+
+
+@pytest.mark.usefixtures("app_ctx")
+def test_an_outcome_the_database_refuses_is_given_up_and_the_worker_goes_on(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database refuses to record one task's outcome (here a trigger that
+    refuses its row's deletion) while it takes every other write. Each claim
+    writes the loop's finished tasks first, so every claim failed and the
+    loop ran nothing more, for good. After a few failed claims the loop writes
+    each outcome on its own, gives up the refused one (logged) and goes on:
+    the tasks after it run, and the refused task's row stays leased, to run
+    again when its lease ends."""
+    queue = env.queue
+    ran: list[int] = []
+
+    @queue.task(name="plain")
+    def plain(data: int) -> None:
+        ran.append(data)
+
+    refused = queue.perform(plain, 0)
+    drop = _refuse_deleting(env, refused)
+    try:
+        # One claim loop: the one that holds the refused outcome.
+        worker = queue.worker(env.app, concurrency=1)
+        with worker_thread(queue, worker):
+            wait_for(lambda: ran == [0])
+            queue.perform_many(plain, [1, 2, 3])
+
+            def rest_done() -> bool:
+                env.db.session.rollback()
+                return sorted(ran) == [0, 1, 2, 3] and queue.count() == 1
+
+            wait_for(rest_done, timeout=60)
+            info = queue.get(refused)
+            assert info is not None and info.lease_owner == worker.id
+    finally:
+        drop()
+    given_up = [
+        r.getMessage()
+        for r in caplog.records
+        if "refuses to record the outcome" in r.getMessage()
+    ]
+    assert len(given_up) == 1, given_up
+    assert f"task {refused}" in given_up[0]
