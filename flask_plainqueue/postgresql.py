@@ -188,21 +188,23 @@ class PostgreSQLBackend(Backend):
 
     def settle_on(
         self, conn: Connection, owner: str, outcomes: Outcomes, now: t.Any
-    ) -> None:
+    ) -> int:
         # Several completed tasks go in one set-based DELETE (two arrays,
         # unnested), not one statement each: a batch of 100 was 100 executions.
         many = len(outcomes.completed) > 1
+        written = 0
         if many:
             ids, attempts = zip(*outcomes.completed, strict=True)
-            conn.execute(
+            written += conn.execute(
                 self._delete_completed(),
                 {"owner": owner, "ids": list(ids), "attempts": list(attempts)},
-            )
+            ).rowcount
         for stmt, rows in self.statements.settle_params(
             owner, outcomes, now, completed=not many
         ):
-            conn.execute(stmt, rows)
+            written += conn.execute(stmt, rows).rowcount
         self.notify_settled(conn, outcomes)
+        return written
 
     def _delete_completed(self) -> sa.Executable:
         stmt = self._statements.get("delete_completed")
