@@ -259,11 +259,16 @@ class Backend:
 
     def settle_on(
         self, conn: Connection, owner: str, outcomes: Outcomes, now: t.Any
-    ) -> None:
-        """Write ``outcomes`` on ``conn`` (inside a write transaction)."""
+    ) -> int:
+        """Write ``outcomes`` on ``conn`` (inside a write transaction); return
+        how many rows were still ``owner``'s under the attempt that finished,
+        and so were written (exact except in psycopg's pipeline mode, where
+        the driver reports no counts)."""
+        written = 0
         for stmt, rows in self.statements.settle_params(owner, outcomes, now):
-            conn.execute(stmt, rows)
+            written += conn.execute(stmt, rows).rowcount
         self.notify_settled(conn, outcomes)
+        return written
 
     def notify_settled(self, conn: Connection, outcomes: Outcomes) -> None:
         """:meth:`notify_changed` for the kept and failed ones of ``outcomes``:

@@ -45,6 +45,16 @@ UNDEFINED_TABLE = "42P01"
 CLOCK_RESYNC = 300.0
 #: After a failed read, how long the host's own clock stands in.
 CLOCK_RETRY = 5.0
+#: When this host's wall clock has moved this many seconds more (or less)
+#: than its monotonic clock since the last read, the database's clock is read
+#: again: the monotonic clock stood still while the host was suspended
+#: (Linux's and macOS's do not count a suspend), or the wall clock was set.
+CLOCK_JUMP = 1.0
+
+#: A reading of the database's clock: the server's time, the monotonic time
+#: it was read at, when the next read is due, and this host's wall clock
+#: minus its monotonic clock then.
+_Base = tuple[datetime.datetime, float, float, float]
 
 
 class DatabaseClock:
@@ -53,28 +63,30 @@ class DatabaseClock:
 
     Read with one query every :data:`CLOCK_RESYNC` seconds and carried forward
     with ``time.monotonic()`` in between (immune to this host's clock being
-    set); while the server cannot be reached, the last reading goes on, or
-    this host's clock before the first.
+    set), and read again after the host slept (see :data:`CLOCK_JUMP`);
+    while the server cannot be reached, the last reading goes on, or this
+    host's clock before the first.
     """
 
     def __init__(self, engine: t.Any) -> None:
         self._engine = engine
         self._lock = threading.Lock()
-        # (server time, monotonic time it was read at, next read due)
-        self._base: tuple[datetime.datetime, float, float] | None = None
+        self._base: _Base | None = None
 
     def __call__(self) -> datetime.datetime:
         mono = time.monotonic()
         base = self._base
-        if base is None or mono >= base[2]:
+        if (
+            base is None
+            or mono >= base[2]
+            or abs(time.time() - mono - base[3]) > CLOCK_JUMP
+        ):
             base = self._sync(base)
         if base is None:
             return utcnow()
         return base[0] + datetime.timedelta(seconds=mono - base[1])
 
-    def _sync(
-        self, old: tuple[datetime.datetime, float, float] | None
-    ) -> tuple[datetime.datetime, float, float] | None:
+    def _sync(self, old: _Base | None) -> _Base | None:
         with self._lock:
             if self._base is not old:  # another thread read it meanwhile
                 return self._base
@@ -86,11 +98,23 @@ class DatabaseClock:
             except Exception as exc:
                 logger.debug("could not read the database's clock: %s", exc)
                 if old is not None:
-                    self._base = (old[0], old[1], time.monotonic() + CLOCK_RETRY)
+                    # Tried again after CLOCK_RETRY, not on every call.
+                    mono = time.monotonic()
+                    self._base = (
+                        old[0],
+                        old[1],
+                        mono + CLOCK_RETRY,
+                        time.time() - mono,
+                    )
                 return self._base
             # The server read its clock somewhere in the round trip.
             middle = (before + after) / 2
-            self._base = (as_utc(server), middle, middle + CLOCK_RESYNC)
+            self._base = (
+                as_utc(server),
+                middle,
+                middle + CLOCK_RESYNC,
+                time.time() - time.monotonic(),
+            )
             return self._base
 
 
@@ -188,21 +212,23 @@ class PostgreSQLBackend(Backend):
 
     def settle_on(
         self, conn: Connection, owner: str, outcomes: Outcomes, now: t.Any
-    ) -> None:
+    ) -> int:
         # Several completed tasks go in one set-based DELETE (two arrays,
         # unnested), not one statement each: a batch of 100 was 100 executions.
         many = len(outcomes.completed) > 1
+        written = 0
         if many:
             ids, attempts = zip(*outcomes.completed, strict=True)
-            conn.execute(
+            written += conn.execute(
                 self._delete_completed(),
                 {"owner": owner, "ids": list(ids), "attempts": list(attempts)},
-            )
+            ).rowcount
         for stmt, rows in self.statements.settle_params(
             owner, outcomes, now, completed=not many
         ):
-            conn.execute(stmt, rows)
+            written += conn.execute(stmt, rows).rowcount
         self.notify_settled(conn, outcomes)
+        return written
 
     def _delete_completed(self) -> sa.Executable:
         stmt = self._statements.get("delete_completed")

@@ -71,14 +71,30 @@ class Outcomes:
     completed: list[tuple[int, int]] = dataclasses.field(default_factory=list)
     failed: list[Failure] = dataclasses.field(default_factory=list)
     kept: list[Kept] = dataclasses.field(default_factory=list)
+    #: When the batch of these attempts was claimed (``time.monotonic()``), if
+    #: the worker noted it: outcomes older than a lease may find their rows
+    #: taken by another worker.
+    claimed_at: float | None = None
 
     def __bool__(self) -> bool:
         return bool(self.completed or self.failed or self.kept)
+
+    def __len__(self) -> int:
+        return len(self.completed) + len(self.failed) + len(self.kept)
+
+    def ids(self) -> list[int]:
+        """The ids of the tasks whose attempts these are."""
+        return [
+            *(task_id for task_id, _ in self.completed),
+            *(f.id for f in self.failed),
+            *(k.id for k in self.kept),
+        ]
 
     def clear(self) -> None:
         self.completed.clear()
         self.failed.clear()
         self.kept.clear()
+        self.claimed_at = None
 
     def each(self) -> Iterator[tuple[int, Outcomes]]:
         """Each outcome on its own, with its task's id."""

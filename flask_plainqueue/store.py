@@ -229,13 +229,16 @@ class Store:
             ).first()
         return None if row is None else claimed([row])[0]
 
-    def settle(self, owner: str, outcomes: Outcomes, now: datetime.datetime) -> None:
-        """Write finished attempts now (before idling or stopping)."""
+    def settle(self, owner: str, outcomes: Outcomes, now: datetime.datetime) -> int:
+        """Write finished attempts now (before idling or stopping); return how
+        many rows were still ``owner``'s under the attempt that finished (the
+        others' outcomes are dropped: fenced by owner and attempt)."""
         if not outcomes:
-            return
+            return 0
         with self.write() as conn:
-            self.backend.settle_on(conn, owner, outcomes, now)
+            written = self.backend.settle_on(conn, owner, outcomes, now)
         outcomes.clear()
+        return written
 
     def complete_in_session(
         self,

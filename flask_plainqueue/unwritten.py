@@ -1,8 +1,9 @@
-"""The finished tasks a worker's claim loops hold while their claims fail (a
-full disk, a database that is away, a row the database refuses): which loops
-hold some, so that no other loop's claim hands their expired leases back and
-runs them again; and writing them apart when the database refuses one, so
-that one row cannot stop a loop for good."""
+"""Writing a worker's finished tasks outside its claims, and what its claim
+loops hold while their claims fail (a full disk, a database that is away, a
+row the database refuses): which loops hold some, so that no other loop's
+claim hands their expired leases back and runs them again; and writing them
+apart when the database refuses one, so that one row cannot stop a loop for
+good."""
 
 from __future__ import annotations
 
@@ -55,6 +56,27 @@ class Unwritten:
         # claim could not write.
         self._loops: set[int] = set()
 
+    def settle(self, outcomes: Outcomes, now: datetime.datetime) -> None:
+        """Write ``outcomes`` in a transaction of their own, and warn about
+        those whose rows were no longer this worker's (dropped: fenced by
+        owner and attempt)."""
+        if not outcomes:
+            return
+        ids = outcomes.ids()
+        written = self.store.settle(self.owner, outcomes, now)
+        if written < len(ids):
+            logger.warning(
+                "Worker %s: %d of %d finished task(s) %s were no longer this"
+                " worker's when their outcome was written: the lease ended (the"
+                " worker was paused, or cut off from the database) and another"
+                " worker took the task, or it was deleted. This attempt's outcome"
+                " is dropped (delivery is at-least-once).",
+                self.owner,
+                len(ids) - written,
+                len(ids),
+                ids,
+            )
+
     def written(self) -> None:
         """This thread's claim (or settle) committed: claiming works, and what
         the thread held is written. Said at once, not after the batch it
@@ -95,7 +117,7 @@ class Unwritten:
         kept for later."""
         now = self.clock()
         try:
-            self.store.settle(self.owner, outcomes, now)
+            self.settle(outcomes, now)
             return
         except Exception:
             pass
@@ -103,7 +125,7 @@ class Unwritten:
             return
         for task_id, alone in outcomes.each():
             try:
-                self.store.settle(self.owner, alone, now)
+                self.settle(alone, now)
             except Exception as exc:
                 logger.error(
                     "Worker %s: the database refuses to record the outcome of task"

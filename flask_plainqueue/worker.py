@@ -121,6 +121,10 @@ class Worker:
         self._lock = threading.Lock()
         self._watcher: Watcher | None = None
         self._lease = datetime.timedelta(seconds=config.lease_seconds)
+        # Outcomes of a batch claimed this long ago are written on their own:
+        # its leases may have ended (or been freed, the worker taken for lost)
+        # meanwhile, and only such a write says which rows were still ours.
+        self._late_after = min(config.lease_seconds, config.worker_timeout) / 3
         self._fixed_now: datetime.datetime | None = None
         self._runner = TaskRunner(app, parts, self.id, self._now)
         self.leases = Leases(
@@ -188,7 +192,7 @@ class Worker:
             return self._cycle(outcomes, now)
         finally:
             self._fixed_now = None
-            self.store.settle(self.id, outcomes, now or self.clock())
+            self._unwritten.settle(outcomes, now or self.clock())
             self.scheduler.flush_stats()
             self._reraise_interrupt()
 
@@ -211,7 +215,7 @@ class Worker:
                     if self._runner.take_interrupt_pending():
                         return total
         finally:
-            self.store.settle(self.id, outcomes, self.clock())
+            self._unwritten.settle(outcomes, self.clock())
             self.scheduler.flush_stats()
             self._reraise_interrupt()
 
@@ -228,7 +232,7 @@ class Worker:
         outcomes, counts = Outcomes(), Counts()
         collect(outcomes, task, outcome)
         count(counts, outcome, seconds)
-        self.store.settle(self.id, outcomes, self.clock())
+        self._unwritten.settle(outcomes, self.clock())
         # Written by close(), once for all the tasks of an eager perform_many.
         self.tally.add(self.clock(), task.name, counts)
         self._reraise_interrupt()
@@ -410,7 +414,7 @@ class Worker:
                     idle = min(idle * 2, self._poll_interval())
         finally:
             try:
-                self.store.settle(self.id, outcomes, self.clock())
+                self._unwritten.settle(outcomes, self.clock())
             except Exception:
                 logger.exception("Worker %s: could not record finished tasks", self.id)
             self._unwritten.hold(False)
@@ -447,6 +451,15 @@ class Worker:
         if self._stop.is_set() and now is None and self._stop_deadline is not None:
             return 0
         claim_time = now or self.clock()
+        claimed_at = time.monotonic()
+        # A batch that ran long (or a worker that was paused): see _late_after.
+        if (
+            outcomes.claimed_at is not None
+            and claimed_at - outcomes.claimed_at >= self._late_after
+            and outcomes
+        ):
+            self._unwritten.settle(outcomes, claim_time)
+            self._unwritten.written()
         paused = self.presence.paused
         if self._claimable[0] != (self.registry.version, paused):
             definitions = {
@@ -467,7 +480,7 @@ class Worker:
             # Everything this worker knows is paused; finished work is still
             # written.
             if outcomes:
-                self.store.settle(self.id, outcomes, claim_time)
+                self._unwritten.settle(outcomes, claim_time)
                 self._unwritten.written()
             return 0
         swept = self._swept
@@ -493,6 +506,7 @@ class Worker:
             self._swept = claim_time
         if not tasks:
             return 0
+        outcomes.claimed_at = claimed_at
         counts = self._batches.run(definitions[tasks[0].name], tasks, outcomes)
         self.tally.add(self._now(), tasks[0].name, counts)
         return len(tasks)

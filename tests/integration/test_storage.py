@@ -26,6 +26,7 @@ from flask_plainqueue import TaskInfo
 from flask_plainqueue.statements import claimed
 from flask_plainqueue.statements import ClaimedTask
 from flask_plainqueue.statements import ClaimRequest
+from flask_plainqueue.statements import Failure
 from flask_plainqueue.statements import Kept
 from flask_plainqueue.statements import Outcomes
 
@@ -332,15 +333,22 @@ def test_settle_deletes_only_the_attempts_it_holds(env: Env, noop: t.Any) -> Non
     again = _claim(env, "w1", now + datetime.timedelta(seconds=31))
     assert [c.id for c in again] == ids and all(c.attempts == 2 for c in again)
     stale = Outcomes(completed=[(c.id, c.attempts) for c in first])
-    store.settle("w1", stale, now)
+    # Each settle says how many of its rows it still held (and wrote).
+    assert store.settle("w1", stale, now) == 0
     assert [r.id for r in _rows(env)] == ids
     mixed = Outcomes(
         completed=[(ids[0], 2), (ids[1], 1), (ids[2], 2)]  # the middle one is old
     )
-    store.settle("w1", mixed, now)
+    assert store.settle("w1", mixed, now) == 2
     assert [r.id for r in _rows(env)] == [ids[1]]
-    store.settle("w2", Outcomes(completed=[(ids[1], 2)]), now)  # not its task
+    # not its task
+    assert store.settle("w2", Outcomes(completed=[(ids[1], 2)]), now) == 0
     assert [r.id for r in _rows(env)] == [ids[1]]
+    # Kept results and failures count too: the first of these two outcomes of
+    # one attempt ends the lease, so the second finds the row no longer held.
+    failed = Failure(ids[1], 2, "boom", now, False)
+    kept = Kept(ids[1], 2, "null", now, now)
+    assert store.settle("w1", Outcomes(failed=[failed], kept=[kept]), now) == 1
 
 
 @pytest.mark.usefixtures("app_ctx")

@@ -8,6 +8,7 @@ import datetime
 import json
 import logging
 import threading
+import time
 import typing as t
 
 import pytest
@@ -18,6 +19,7 @@ from flask import current_app
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 
+from flask_plainqueue import current_task
 from flask_plainqueue import Retry
 from flask_plainqueue import signals
 
@@ -461,6 +463,56 @@ def test_a_long_task_extends_its_lease(database_uri: str, tmp_path: t.Any) -> No
         db.session.remove()
         db.drop_all()
         db.engine.dispose()
+
+
+@pytest.mark.parametrize("ends", ["succeeds", "fails"])
+def test_an_outcome_whose_row_was_taken_meanwhile_is_dropped_with_a_warning(
+    database_uri: str, tmp_path: t.Any, caplog: pytest.LogCaptureFixture, ends: str
+) -> None:
+    """A worker paused past its lease finds, when it writes its late outcome,
+    that another worker took the row: the outcome is dropped, the row left
+    as the other worker has it, and a warning says so (before, a success or
+    a failure written with the next claim was dropped without a word)."""
+    app, db, queue = create_test_app(
+        database_uri, tmp_path / "i", PLAINQUEUE_LEASE_SECONDS=0.6
+    )
+    table = queue.Task.__table__
+    other = "other:1:worker"
+
+    @queue.task(name="taken", max_retries=3)
+    def taken() -> None:
+        # As another worker does when this one's lease ends (a pause).
+        with db.engine.begin() as conn:
+            conn.execute(
+                sa.update(table)
+                .where(table.c.id == current_task.id)
+                .values(lease_owner=other, attempts=table.c.attempts + 1)
+            )
+        # Past a third of the lease: the outcome is written on its own.
+        time.sleep(0.3)
+        if ends == "fails":
+            raise ValueError("the late attempt fails")
+
+    with app.app_context():
+        db.create_all()
+        try:
+            task_id = queue.perform(taken)
+            with caplog.at_level(logging.WARNING, "flask_plainqueue"):
+                assert queue.drain() == 1
+            with db.engine.connect() as conn:
+                row = conn.execute(sa.select(table)).one()
+            assert (row.id, row.lease_owner, row.attempts) == (task_id, other, 2)
+            assert row.failed_nr == 0 and row.failed_error is None
+            (warning,) = [
+                r.getMessage()
+                for r in caplog.records
+                if "no longer this worker's" in r.getMessage()
+            ]
+            assert f"1 of 1 finished task(s) [{task_id}]" in warning
+        finally:
+            db.session.remove()
+            db.drop_all()
+            db.engine.dispose()
 
 
 def test_logging_one_line_per_start_and_finish_at_debug(
