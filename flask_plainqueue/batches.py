@@ -43,9 +43,11 @@ def collect(outcomes: Outcomes, task: ClaimedTask, outcome: Outcome) -> None:
 
 def count(counts: Counts, outcome: Outcome, seconds: float) -> None:
     """Count a finished attempt for the stats: succeeded, or failed (and
-    dead). A :class:`~flask_plainqueue.Retry` request is no failure, and an
-    outcome dropped (finished after its timeout or its lease) was counted when
-    it timed out, or not at all."""
+    dead). A :class:`~flask_plainqueue.Retry` request is no failure; an
+    outcome discarded here (finished after its timeout, or its success
+    callback after its lease) was counted when it timed out, or not at all.
+    An outcome the database drops later (its row no longer this worker's, as
+    after a pause longer than the lease) is counted as the attempt ran."""
     if outcome == COMPLETED or outcome == COMMITTED or isinstance(outcome, Kept):
         counts.succeeded += 1
     elif isinstance(outcome, Failure) and outcome.counts:
