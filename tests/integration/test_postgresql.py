@@ -464,3 +464,28 @@ def test_a_refused_perform_raises_and_stores_nothing(pg_env: PgEnv) -> None:
     assert queue.count() == 0
     queue.perform(task, 2)
     assert queue.count() == 1
+
+
+def test_performs_after_the_server_ended_the_pools_connections(pg_env: PgEnv) -> None:
+    """The server ends every pooled connection (a restart, a failover): the
+    first ``perform`` on one raises SQLAlchemy's ``OperationalError`` and
+    stores nothing; the pool is then replaced as a whole, so each later
+    ``perform`` works, whichever connection it would have had."""
+    app, db, queue, task = pg_env
+    queue.perform(task, 0)  # reads the database's clock, too
+    conns = [db.engine.connect() for _ in range(3)]
+    pids = [c.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() for c in conns]
+    for conn in conns:
+        conn.close()
+    db.session.remove()
+    with sa.create_engine(db.engine.url, poolclass=sa.pool.NullPool).connect() as other:
+        for pid in pids:
+            other.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+    with pytest.raises(sa.exc.OperationalError):
+        queue.perform(task, 1)
+    for n in range(2, 6):
+        queue.perform(task, n)
+    data = db.session.execute(
+        sa.text("SELECT data FROM plainqueue_tasks ORDER BY id")
+    ).scalars()
+    assert list(data) == ["0", "2", "3", "4", "5"]
