@@ -14,7 +14,6 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
-from sqlalchemy.engine import Dialect
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -84,46 +83,6 @@ class WatcherThread:
 
     def _run(self) -> None:
         raise NotImplementedError
-
-
-class Compiled:
-    """A Core statement compiled once for a dialect, with its parameters
-    converted by the columns' own types, to run on the driver's cursor without
-    SQLAlchemy's per-execution work.
-
-    :param datetimes: converts every timestamp parameter instead of the
-        type's own processor (SQLite's one C call, :func:`.sqlite.utc_text`).
-    """
-
-    def __init__(
-        self,
-        stmt: sa.Executable,
-        dialect: Dialect,
-        *,
-        datetimes: Callable[[t.Any], t.Any] | None = None,
-    ) -> None:
-        compiled = stmt.compile(dialect=dialect)  # type: ignore[attr-defined]
-        self.sql: str = compiled.string
-        self._defaults = dict(compiled.params)
-        plan: list[tuple[str, Callable[[t.Any], t.Any] | None]] = []
-        for bind, key in compiled.bind_names.items():
-            if any(key == known for known, _ in plan):
-                continue
-            if datetimes is not None and isinstance(bind.type, sa.DateTime):
-                processor: Callable[[t.Any], t.Any] | None = datetimes
-            else:
-                processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
-            plan.append((key, processor))
-        self._plan = plan
-
-    def args(self, values: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
-        """The driver's parameters for ``values`` (by bind name; a bind not
-        given takes the value it was compiled with)."""
-        out = {}
-        for key, processor in self._plan:
-            value = values[key] if key in values else self._defaults[key]
-            out[key] = value if processor is None or value is None else processor(value)
-        return out
 
 
 class Backend:

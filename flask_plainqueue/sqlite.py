@@ -24,7 +24,6 @@ from sqlalchemy.orm import Session
 
 from .backend import Backend
 from .backend import ChangeCallback
-from .backend import Compiled
 from .sqlite_watch import ChangeProbe
 from .statements import ClaimRequest
 from .statements import Outcomes
@@ -78,11 +77,37 @@ def names_json(names: Sequence[str]) -> str:
     return _names_json(tuple(names))
 
 
-def compile_for_driver(stmt: sa.Executable, dialect: Dialect) -> Compiled:
-    """``stmt`` for SQLite's cursor: named parameters (``:now``), so a value
-    a statement uses in several places is converted and sent once, and
-    timestamps as :func:`utc_text`."""
-    return Compiled(stmt, _named_dialect(type(dialect)), datetimes=utc_text)
+class Compiled:
+    """A Core statement compiled once for SQLite, with its parameters converted by
+    the columns' own types (a timestamp as :func:`utc_text`), to run on the
+    driver's cursor without SQLAlchemy's per-execution work.
+
+    Compiled with named parameters (``:now``), so a value a statement uses in
+    several places is converted and sent once.
+    """
+
+    def __init__(self, stmt: sa.Executable, dialect: Dialect) -> None:
+        named = _named_dialect(type(dialect))
+        compiled = stmt.compile(dialect=named)  # type: ignore[attr-defined]
+        self.sql: str = compiled.string
+        self._defaults = dict(compiled.params)
+        plan: list[tuple[str, Callable[[t.Any], t.Any] | None]] = []
+        for bind, key in compiled.bind_names.items():
+            if any(key == known for known, _ in plan):
+                continue
+            if isinstance(bind.type, sa.DateTime):
+                processor: Callable[[t.Any], t.Any] | None = utc_text
+            else:
+                processor = bind.type.dialect_impl(named).bind_processor(named)
+            plan.append((key, processor))
+        self._plan = plan
+
+    def args(self, values: Mapping[str, t.Any]) -> dict[str, t.Any]:
+        out = {}
+        for key, processor in self._plan:
+            value = values[key] if key in values else self._defaults[key]
+            out[key] = value if processor is None or value is None else processor(value)
+        return out
 
 
 _NAMED: dict[type[Dialect], Dialect] = {}
@@ -181,9 +206,7 @@ class SQLiteBackend(Backend):
     ) -> Compiled:
         compiled = self._cache.get(key)
         if compiled is None:
-            compiled = self._cache[key] = compile_for_driver(
-                build(), self.engine.dialect
-            )
+            compiled = self._cache[key] = Compiled(build(), self.engine.dialect)
         return compiled
 
     def compiled_statements(self) -> list[str]:
