@@ -79,16 +79,9 @@ class Outcomes:
     def __bool__(self) -> bool:
         return bool(self.completed or self.failed or self.kept)
 
-    def __len__(self) -> int:
-        return len(self.completed) + len(self.failed) + len(self.kept)
-
     def ids(self) -> list[int]:
         """The ids of the tasks whose attempts these are."""
-        return [
-            *(task_id for task_id, _ in self.completed),
-            *(f.id for f in self.failed),
-            *(k.id for k in self.kept),
-        ]
+        return [task_id for task_id, _ in self.each()]
 
     def clear(self) -> None:
         self.completed.clear()
