@@ -215,3 +215,26 @@ def test_the_raw_reference_loop_claims_through_the_claim_index(tmp_path: Path) -
         detail.startswith("SCAN plainqueue_tasks") or "TEMP B-TREE" in detail
         for detail in plan
     ), plan
+
+
+def test_the_python_only_experiment_runs_a_cycle_without_sql() -> None:
+    """``benchmarks.experiments python-only`` backs a figure in
+    docs/benchmarks.rst: it must still drive the worker's cycle (its no-op
+    cursor stands in for the backend's driver cursor)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(ROOT), env.get("PYTHONPATH")])
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.experiments", "python-only", "1000"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [
+        line for line in result.stdout.splitlines() if "of Python per task" in line
+    ]
+    assert len(lines) == 3, result.stdout
