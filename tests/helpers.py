@@ -459,3 +459,45 @@ def worker_thread(queue: t.Any, worker: t.Any) -> Iterator[None]:
         thread.join(60)
         queue.forget_worker(worker)
     assert not thread.is_alive()
+
+
+def refusing_trigger(
+    session: t.Any,
+    table: str,
+    event: str,
+    *,
+    when: str = "TRUE",
+    message: str = "refused",
+) -> Callable[[], None]:
+    """A trigger that makes the database refuse ``event`` (``INSERT``,
+    ``DELETE``...) on the rows of ``table`` for which ``when`` holds (an SQL
+    condition on ``OLD``/``NEW``), raising ``message``; returns what drops it.
+    On SQLite and PostgreSQL."""
+    if session.get_bind().dialect.name == "sqlite":
+        creates = [
+            f"CREATE TRIGGER refuse BEFORE {event} ON {table} WHEN ({when})"
+            f" BEGIN SELECT RAISE(ABORT, '{message}'); END"
+        ]
+        drops = ["DROP TRIGGER refuse"]
+    else:
+        creates = [
+            "CREATE FUNCTION plainqueue_test_refuse() RETURNS trigger AS $$"
+            f" BEGIN RAISE EXCEPTION '{message}'; END $$ LANGUAGE plpgsql",
+            f"CREATE TRIGGER refuse BEFORE {event} ON {table} FOR EACH ROW"
+            f" WHEN ({when}) EXECUTE FUNCTION plainqueue_test_refuse()",
+        ]
+        drops = [
+            f"DROP TRIGGER refuse ON {table}",
+            "DROP FUNCTION plainqueue_test_refuse()",
+        ]
+    for statement in creates:
+        session.execute(sa.text(statement))
+    session.commit()
+
+    def drop() -> None:
+        session.rollback()
+        for statement in drops:
+            session.execute(sa.text(statement))
+        session.commit()
+
+    return drop

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from conftest import create_test_app
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
+from helpers import refusing_trigger
 from helpers import run_threads
 
 from flask_plainqueue import InvalidArgument
@@ -352,19 +353,13 @@ def test_an_error_in_the_pipelined_settle_rolls_the_claim_back(pg_env: PgEnv) ->
     store = queue.store()
     held = store.claim(_request("w1", {"t": 1}))
     assert [c.id for c in held] == [ids[0]]
-    db.session.execute(
-        sa.text(
-            "CREATE FUNCTION plainqueue_test_boom() RETURNS trigger AS $$"
-            " BEGIN RAISE EXCEPTION 'boom'; END $$ LANGUAGE plpgsql"
-        )
+    drop = refusing_trigger(
+        db.session,
+        "plainqueue_tasks",
+        "DELETE",
+        when=f"OLD.id = {ids[0]}",
+        message="boom",
     )
-    db.session.execute(
-        sa.text(
-            "CREATE TRIGGER boom BEFORE DELETE ON plainqueue_tasks FOR EACH ROW"
-            f" WHEN (OLD.id = {ids[0]}) EXECUTE FUNCTION plainqueue_test_boom()"
-        )
-    )
-    db.session.commit()
     done = Outcomes(completed=[(held[0].id, held[0].attempts)])
     with pytest.raises(Exception, match="boom"):
         store.claim(_request("w1", {"t": 1}), done)
@@ -372,10 +367,7 @@ def test_an_error_in_the_pipelined_settle_rolls_the_claim_back(pg_env: PgEnv) ->
         sa.text("SELECT id FROM plainqueue_tasks WHERE lease_owner IS NOT NULL")
     ).scalars()
     assert list(leased) == [ids[0]]
-    db.session.rollback()
-    db.session.execute(sa.text("DROP TRIGGER boom ON plainqueue_tasks"))
-    db.session.execute(sa.text("DROP FUNCTION plainqueue_test_boom()"))
-    db.session.commit()
+    drop()
     again = store.claim(_request("w1", {"t": 1}), done)
     assert [c.id for c in again] == [ids[1]]
     remaining = db.session.execute(sa.text("SELECT id FROM plainqueue_tasks")).scalars()
@@ -442,25 +434,11 @@ def test_a_refused_perform_raises_and_stores_nothing(pg_env: PgEnv) -> None:
     """An INSERT the database refuses (here a trigger) raises SQLAlchemy's
     error from ``perform``; nothing is stored, and the next perform works."""
     app, db, queue, task = pg_env
-    db.session.execute(
-        sa.text(
-            "CREATE FUNCTION plainqueue_test_refuse() RETURNS trigger AS $$"
-            " BEGIN RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql"
-        )
-    )
-    db.session.execute(
-        sa.text(
-            "CREATE TRIGGER refuse BEFORE INSERT ON plainqueue_tasks FOR EACH ROW"
-            " EXECUTE FUNCTION plainqueue_test_refuse()"
-        )
-    )
-    db.session.commit()
+    drop = refusing_trigger(db.session, "plainqueue_tasks", "INSERT")
     with pytest.raises(sa.exc.DBAPIError, match="refused"):
         queue.perform(task, 1)
     assert not db.session().in_transaction()
-    db.session.execute(sa.text("DROP TRIGGER refuse ON plainqueue_tasks"))
-    db.session.execute(sa.text("DROP FUNCTION plainqueue_test_refuse()"))
-    db.session.commit()
+    drop()
     assert queue.count() == 0
     queue.perform(task, 2)
     assert queue.count() == 1

@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import create_test_app
 from conftest import Env
+from helpers import refusing_trigger
 from helpers import wait_for
 from helpers import worker_thread
 
@@ -393,47 +394,6 @@ def test_lease_extensions_failing_for_a_while_log_one_traceback_and_one_recovery
     queue.forget_worker(worker)
 
 
-def _refuse_deleting(env: Env, task_id: int) -> t.Callable[[], None]:
-    """A trigger that makes the database refuse to delete row ``task_id``;
-    returns what drops it."""
-    session = env.db.session
-    table = env.queue.store().table.name
-    if env.db.engine.dialect.name == "sqlite":
-        session.execute(
-            sa.text(
-                f"CREATE TRIGGER refuse BEFORE DELETE ON {table}"
-                f" WHEN OLD.id = {task_id} BEGIN SELECT RAISE(ABORT, 'refused'); END"
-            )
-        )
-        drops = ["DROP TRIGGER refuse"]
-    else:
-        session.execute(
-            sa.text(
-                "CREATE FUNCTION plainqueue_test_refuse() RETURNS trigger AS $$"
-                " BEGIN RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql"
-            )
-        )
-        session.execute(
-            sa.text(
-                f"CREATE TRIGGER refuse BEFORE DELETE ON {table} FOR EACH ROW"
-                f" WHEN (OLD.id = {task_id}) EXECUTE FUNCTION plainqueue_test_refuse()"
-            )
-        )
-        drops = [
-            f"DROP TRIGGER refuse ON {table}",
-            "DROP FUNCTION plainqueue_test_refuse()",
-        ]
-    session.commit()
-
-    def drop() -> None:
-        session.rollback()
-        for statement in drops:
-            session.execute(sa.text(statement))
-        session.commit()
-
-    return drop
-
-
 @pytest.mark.usefixtures("app_ctx")
 def test_an_outcome_the_database_refuses_is_given_up_and_the_worker_goes_on(
     env: Env, caplog: pytest.LogCaptureFixture
@@ -453,7 +413,9 @@ def test_an_outcome_the_database_refuses_is_given_up_and_the_worker_goes_on(
         ran.append(data)
 
     refused = queue.perform(plain, 0)
-    drop = _refuse_deleting(env, refused)
+    drop = refusing_trigger(
+        env.db.session, queue.store().table.name, "DELETE", when=f"OLD.id = {refused}"
+    )
     try:
         # One claim loop: the one that holds the refused outcome.
         worker = queue.worker(env.app, concurrency=1)
