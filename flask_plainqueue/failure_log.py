@@ -1,8 +1,8 @@
 """Failures that repeat while something outside the worker is wrong (a
 database that is away, a full disk): the first is logged with its traceback,
 then one line at most once a minute, and the recovery once. A worker tries its
-claims, lease extensions and stats again every few seconds; a traceback each
-time would bury everything else in the log."""
+claims, lease extensions, stats, heartbeats and reads of the pauses again every
+few seconds; a line each time would bury everything else in the log."""
 
 from __future__ import annotations
 

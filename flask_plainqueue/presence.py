@@ -14,6 +14,7 @@ from collections.abc import Callable
 from collections.abc import Sequence
 
 from .clock import Clock
+from .failure_log import FailureLog
 from .roster import Paused
 from .roster import Roster
 from .roster import WorkerRow
@@ -83,6 +84,22 @@ class Presence:
         self._missing_reported = False
         self._next_beat = 0.0
         self._next_pauses = 0.0
+        # Both repeat every few seconds while the database refuses them.
+        self._beat_failures = FailureLog(
+            logger,
+            worker_id,
+            failed="Worker %s could not record its heartbeat; will retry",
+            still="Worker %s: recording its heartbeat still fails after %.0fs: %s",
+            works="Worker %s: recording its heartbeat works again after %.1fs of"
+            " failures",
+        )
+        self._pause_failures = FailureLog(
+            logger,
+            worker_id,
+            failed="Worker %s could not read the pauses; will retry",
+            still="Worker %s: reading the pauses still fails after %.0fs: %s",
+            works="Worker %s: reading the pauses works again after %.1fs of failures",
+        )
         # Fixed for the worker's life: not looked up again on every heartbeat.
         self._host = socket.gethostname()[:255]
         self._version = library_version()[:32]
@@ -154,8 +171,9 @@ class Presence:
                 self._registered = True
             self.free_lost(now)
         except Exception as exc:
-            self._failed(exc, "could not record its heartbeat")
+            self._failed(exc, "could not record its heartbeat", self._beat_failures)
             return False
+        self._beat_failures.succeeded()
         return True
 
     def free_lost(self, now: datetime.datetime) -> int:
@@ -185,12 +203,15 @@ class Presence:
         try:
             paused = self.roster.paused()
         except Exception as exc:
-            self._failed(exc, "could not read the pauses")
+            self._failed(exc, "could not read the pauses", self._pause_failures)
             return self.paused
+        self._pause_failures.succeeded()
         self.paused = paused
         return paused
 
-    def _failed(self, exc: Exception, what: str) -> None:
+    def _failed(
+        self, exc: Exception, what: str, repeating: FailureLog | None = None
+    ) -> None:
         if self.parts.store.is_missing_table(exc):
             # An app upgraded without its migration: the queue runs, unseen.
             if not self._missing_reported:
@@ -207,4 +228,7 @@ class Presence:
                     self.roster.pauses.name,
                 )
             return
-        logger.warning("Worker %s %s: %s", self.id, what, exc)
+        if repeating is not None:
+            repeating.failed(exc)
+        else:
+            logger.warning("Worker %s %s: %s", self.id, what, exc)

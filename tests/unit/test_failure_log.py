@@ -1,6 +1,7 @@
 """Repeating failures (a database away, a full disk) are logged with their
 traceback once, then once a minute, and their recovery once: claims, lease
-extensions and the stats flush all report through :class:`FailureLog`."""
+extensions, the stats flush, heartbeats and reads of the pauses all report
+through :class:`FailureLog`."""
 
 from __future__ import annotations
 
