@@ -121,13 +121,22 @@ def screenshot(driver: t.Any, site: Site, name: str) -> None:
         assert driver.save_screenshot(str(target / f"{name}.png"))
 
 
-def wait_text(driver: t.Any, css: str, text: str) -> None:
-    from selenium.webdriver.common.by import By
+def wait(driver: t.Any) -> t.Any:
+    """A ``WebDriverWait`` that tries again when an element it found went away
+    with a page load (a submitted form, the auto-refresh) before it was read:
+    Selenium raises ``StaleElementReferenceException`` then."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, TIMEOUT).until(
-        lambda d: text in d.find_element(By.CSS_SELECTOR, css).text
+    return WebDriverWait(
+        driver, TIMEOUT, ignored_exceptions=(StaleElementReferenceException,)
     )
+
+
+def wait_text(driver: t.Any, css: str, text: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    wait(driver).until(lambda d: text in d.find_element(By.CSS_SELECTOR, css).text)
 
 
 def alert(driver: t.Any) -> t.Any:
@@ -387,7 +396,6 @@ def test_periodic_page_and_link_back_to_the_app(browser: t.Any, site: Site) -> N
 
 def test_auto_refresh_reloads_the_page_while_ticked(browser: t.Any, site: Site) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     log_in(browser, site)
     box = browser.find_element(By.ID, "pq-autorefresh")
@@ -409,7 +417,7 @@ def test_auto_refresh_reloads_the_page_while_ticked(browser: t.Any, site: Site) 
             and card.find_element(By.CSS_SELECTOR, ".pq-card-n").text == "3"
         )
 
-    WebDriverWait(browser, TIMEOUT).until(reloaded_with_new_counts)
+    wait(browser).until(reloaded_with_new_counts)
     # Still on after the reload, and on other pages too.
     assert browser.find_element(By.ID, "pq-autorefresh").is_selected()
     browser.get(f"{site.url}/queue/periodic")
