@@ -501,3 +501,14 @@ def refusing_trigger(
         session.commit()
 
     return drop
+
+
+def assert_failures_logged_once(err: str) -> None:
+    """Every ERROR line in a worker's log ``err`` is the first failure of one
+    kind (a claim, a heartbeat, a stats flush...: logged with its traceback,
+    then once a minute at most), each kind once."""
+    errors = [
+        line.split(" ERROR ", 1)[1] for line in err.splitlines() if " ERROR " in line
+    ]
+    assert all(e.endswith(("; will retry", "; will try again")) for e in errors), err
+    assert len(errors) == len(set(errors)), err

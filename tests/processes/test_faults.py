@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from helpers import APPS
+from helpers import assert_failures_logged_once
 from helpers import child_env
 from helpers import flask_args
 from helpers import Procs
@@ -476,12 +477,7 @@ def test_a_full_disk_stops_no_worker_and_runs_no_finished_task_again(
     assert err.count("claiming works again") == 1, err
     assert err.count("could not record its heartbeat") == 1, err
     assert err.count("recording its heartbeat works again") == 1, err
-    # Every ERROR line is a first failure (with its traceback), each once.
-    errors = [
-        line.split(" ERROR ", 1)[1] for line in err.splitlines() if " ERROR " in line
-    ]
-    assert all(e.endswith(("; will retry", "; will try again")) for e in errors), err
-    assert len(errors) == len(set(errors)), err
+    assert_failures_logged_once(err)
     conn = sqlite3.connect(db_path)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
