@@ -61,7 +61,7 @@ def python_only(batch: int) -> None:
         BENCH_BATCH=str(batch),
     )
     from flask_plainqueue import sqlite
-    from flask_plainqueue.statements import Outcomes
+    from flask_plainqueue.claims import Outcomes
 
     from . import ourapp
 

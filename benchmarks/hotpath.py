@@ -89,10 +89,10 @@ def _main(args: argparse.Namespace, uri: str) -> int:
                     queue.perform_many("bench_task", chunk)
 
     from flask_plainqueue.batches import BatchRunner
+    from flask_plainqueue.claims import ClaimedTask
+    from flask_plainqueue.claims import ClaimRequest
+    from flask_plainqueue.claims import Outcomes
     from flask_plainqueue.runner import TaskRunner
-    from flask_plainqueue.statements import ClaimedTask
-    from flask_plainqueue.statements import ClaimRequest
-    from flask_plainqueue.statements import Outcomes
 
     worker = queue.worker(app)
     store = queue.store(app)

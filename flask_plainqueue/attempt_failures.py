@@ -1,5 +1,5 @@
 """What a failed attempt becomes: its log line, the task's failure callback,
-the signals, and the :class:`~.statements.Failure` to record (retried after its
+the signals, and the :class:`~.claims.Failure` to record (retried after its
 back-off, or dead)."""
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 from . import current
 from . import signals
+from .claims import ClaimedTask
+from .claims import Failure
 from .current import running
 from .current import TaskContext
 from .exceptions import Retry
@@ -19,8 +21,6 @@ from .outcomes import storable
 from .progress import ProgressWriter
 from .retry import is_dead
 from .retry import retry_delay
-from .statements import ClaimedTask
-from .statements import Failure
 
 if t.TYPE_CHECKING:
     from .store import Store

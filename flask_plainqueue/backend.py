@@ -17,11 +17,11 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from .claims import ClaimRequest
+from .claims import Outcomes
 from .clock import Clock
 from .clock import utcnow
 from .config import QueueConfig
-from .statements import ClaimRequest
-from .statements import Outcomes
 from .statements import Statements
 
 #: ``on_change(payload)``: something was committed that a worker may claim.

@@ -9,6 +9,10 @@ import time
 import typing as t
 from collections.abc import Sequence
 
+from .claims import ClaimedTask
+from .claims import Failure
+from .claims import Kept
+from .claims import Outcomes
 from .leases import Held
 from .leases import Leases
 from .pool import Batch
@@ -17,10 +21,6 @@ from .runner import COMMITTED
 from .runner import COMPLETED
 from .runner import Outcome
 from .runner import TaskRunner
-from .statements import ClaimedTask
-from .statements import Failure
-from .statements import Kept
-from .statements import Outcomes
 from .tally import Counts
 
 if t.TYPE_CHECKING:

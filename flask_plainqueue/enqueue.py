@@ -16,10 +16,10 @@ import json
 import typing as t
 
 from . import validate
+from .claims import new_row
 from .clock import UTC
 from .exceptions import InvalidArgument
 from .exceptions import TaskDataError
-from .statements import new_row
 
 if t.TYPE_CHECKING:
     from .tasks import TaskDefinition

@@ -12,9 +12,9 @@ import typing as t
 from collections.abc import Callable
 from collections.abc import Sequence
 
+from .claims import ClaimedTask
 from .clock import Clock
 from .failure_log import FailureLog
-from .statements import ClaimedTask
 
 if t.TYPE_CHECKING:
     from .store import Store

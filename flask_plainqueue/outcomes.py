@@ -7,9 +7,9 @@ import datetime
 import logging
 import traceback
 
+from .claims import ClaimedTask
+from .claims import Kept
 from .enqueue import to_json
-from .statements import ClaimedTask
-from .statements import Kept
 
 logger = logging.getLogger("flask_plainqueue.worker")
 

@@ -29,12 +29,12 @@ from sqlalchemy.sql.elements import Grouping
 
 from .backend import Backend
 from .backend import ChangeCallback
+from .claims import ClaimRequest
+from .claims import Outcomes
 from .clock import as_utc
 from .clock import Clock
 from .clock import utcnow
 from .pg_listen import Listener
-from .statements import ClaimRequest
-from .statements import Outcomes
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from .enqueue import to_json
 from .exceptions import InvalidArgument
 
 if t.TYPE_CHECKING:
-    from .statements import ClaimedTask
+    from .claims import ClaimedTask
     from .store import Store
 
 logger = logging.getLogger("flask_plainqueue.worker")

@@ -16,6 +16,10 @@ from collections.abc import Sequence
 from . import current
 from . import signals
 from .attempt_failures import FailedAttempts
+from .claims import ClaimedTask
+from .claims import Failure
+from .claims import Kept
+from .claims import Outcomes
 from .current import running
 from .current import TaskContext
 from .enqueue import JOIN_SESSION
@@ -27,10 +31,6 @@ from .outcomes import kept
 from .outcomes import MAX_ERROR_LENGTH as MAX_ERROR_LENGTH
 from .outcomes import storable as storable
 from .progress import ProgressWriter
-from .statements import ClaimedTask
-from .statements import Failure
-from .statements import Kept
-from .statements import Outcomes
 
 if t.TYPE_CHECKING:
     from flask import Flask

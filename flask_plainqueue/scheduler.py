@@ -10,10 +10,10 @@ import time
 import typing as t
 
 from . import history
+from .claims import new_row
 from .clock import as_utc
 from .clock import Clock
 from .failure_log import FailureLog
-from .statements import new_row
 
 if t.TYPE_CHECKING:
     from .presence import Presence

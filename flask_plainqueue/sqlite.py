@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session
 
 from .backend import Backend
 from .backend import ChangeCallback
+from .claims import ClaimRequest
+from .claims import Outcomes
 from .sqlite_watch import ChangeProbe
-from .statements import ClaimRequest
-from .statements import Outcomes
 
 
 def utc_text(value: datetime.datetime) -> str:

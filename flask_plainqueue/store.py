@@ -25,14 +25,14 @@ from sqlalchemy.orm import Session
 from .backend import Backend
 from .backend import ChangeCallback
 from .backend import Watcher
+from .claims import claimed
+from .claims import ClaimedTask
+from .claims import ClaimRequest
+from .claims import Kept
+from .claims import Outcomes
 from .clock import Clock
 from .config import QueueConfig
 from .schema import Tables
-from .statements import claimed
-from .statements import ClaimedTask
-from .statements import ClaimRequest
-from .statements import Kept
-from .statements import Outcomes
 from .statements import Statements
 
 if t.TYPE_CHECKING:

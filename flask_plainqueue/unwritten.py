@@ -14,8 +14,8 @@ import typing as t
 from collections.abc import Callable
 
 from .claim_failures import ClaimFailures
+from .claims import Outcomes
 from .presence import Presence
-from .statements import Outcomes
 
 if t.TYPE_CHECKING:
     from .store import Store

@@ -22,6 +22,8 @@ from .batches import collect
 from .batches import count
 from .batches import STOP_CHECK_INTERVAL
 from .claim_failures import ClaimFailures
+from .claims import ClaimRequest
+from .claims import Outcomes
 from .clock import as_utc
 from .clock import Clock
 from .exceptions import ConfigurationError
@@ -30,8 +32,6 @@ from .presence import Presence
 from .roster import Paused
 from .runner import TaskRunner
 from .scheduler import Scheduler
-from .statements import ClaimRequest
-from .statements import Outcomes
 from .store import AppParts
 from .tally import Counts
 from .tally import Tally

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from click.testing import Result
 
 from flask_plainqueue import TaskInfo
-from flask_plainqueue.statements import ClaimRequest
+from flask_plainqueue.claims import ClaimRequest
 
 if t.TYPE_CHECKING:
     from conftest import Env

@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from conftest import Env
 from helpers import run_threads
 
-from flask_plainqueue.statements import ClaimRequest
-from flask_plainqueue.statements import Outcomes
+from flask_plainqueue.claims import ClaimRequest
+from flask_plainqueue.claims import Outcomes
 
 UTC = datetime.timezone.utc
 NAMES = [f"task_{i:02d}" for i in range(25)]

@@ -23,7 +23,7 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_plainqueue import ConfigurationError
 from flask_plainqueue import dashboard
 from flask_plainqueue import PlainQueue
-from flask_plainqueue.statements import ClaimRequest
+from flask_plainqueue.claims import ClaimRequest
 
 #: The repository's root (docs/ and example_app/ are there).
 ROOT = Path(__file__).parents[2]

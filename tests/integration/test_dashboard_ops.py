@@ -19,9 +19,9 @@ from flask.testing import FlaskClient
 from flask_sqlalchemy import SQLAlchemy
 
 from flask_plainqueue import PlainQueue
+from flask_plainqueue.claims import ClaimRequest
 from flask_plainqueue.roster import Roster
 from flask_plainqueue.roster import WorkerRow
-from flask_plainqueue.statements import ClaimRequest
 
 
 class Dash(t.NamedTuple):

@@ -17,10 +17,10 @@ from helpers import wait_for
 
 from flask_plainqueue import ConfigurationError
 from flask_plainqueue import InvalidArgument
+from flask_plainqueue.claims import ClaimRequest
 from flask_plainqueue.info import REASON_CODES
 from flask_plainqueue.roster import Roster
 from flask_plainqueue.roster import WorkerRow
-from flask_plainqueue.statements import ClaimRequest
 from flask_plainqueue.worker import Worker
 
 UTC = datetime.timezone.utc

@@ -16,7 +16,7 @@ from helpers import Ops
 from flask_plainqueue import Paused
 from flask_plainqueue import PlainQueue
 from flask_plainqueue import TaskState
-from flask_plainqueue.statements import ClaimRequest
+from flask_plainqueue.claims import ClaimRequest
 
 pytestmark = pytest.mark.usefixtures("app_ctx")
 

@@ -23,9 +23,9 @@ from helpers import run_threads
 
 from flask_plainqueue import InvalidArgument
 from flask_plainqueue import PlainQueue
-from flask_plainqueue.statements import ClaimedTask
-from flask_plainqueue.statements import ClaimRequest
-from flask_plainqueue.statements import Outcomes
+from flask_plainqueue.claims import ClaimedTask
+from flask_plainqueue.claims import ClaimRequest
+from flask_plainqueue.claims import Outcomes
 from flask_plainqueue.store import Store
 
 pytestmark = pytest.mark.postgresql

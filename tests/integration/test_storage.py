@@ -23,12 +23,12 @@ from flask_plainqueue import signals
 from flask_plainqueue import TaskDataError
 from flask_plainqueue import TaskId
 from flask_plainqueue import TaskInfo
-from flask_plainqueue.statements import claimed
-from flask_plainqueue.statements import ClaimedTask
-from flask_plainqueue.statements import ClaimRequest
-from flask_plainqueue.statements import Failure
-from flask_plainqueue.statements import Kept
-from flask_plainqueue.statements import Outcomes
+from flask_plainqueue.claims import claimed
+from flask_plainqueue.claims import ClaimedTask
+from flask_plainqueue.claims import ClaimRequest
+from flask_plainqueue.claims import Failure
+from flask_plainqueue.claims import Kept
+from flask_plainqueue.claims import Outcomes
 
 UTC = datetime.timezone.utc
 #: How SQLAlchemy stores a ``DateTime`` in SQLite (always UTC here).

@@ -338,7 +338,7 @@ def test_an_expired_lease_is_claimable_after_the_clock_moves(
 
         import conftest
         from conftest import email, queue
-        from flask_plainqueue.statements import ClaimRequest
+        from flask_plainqueue.claims import ClaimRequest
 
         def test_lease(plainqueue):
             task_id = email.perform("x")

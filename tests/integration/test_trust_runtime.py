@@ -22,10 +22,10 @@ from helpers import wait_for
 from helpers import worker_thread
 
 from flask_plainqueue import TaskState
+from flask_plainqueue.claims import ClaimedTask
+from flask_plainqueue.claims import ClaimRequest
+from flask_plainqueue.claims import Outcomes
 from flask_plainqueue.scheduler import RETRY_MIN
-from flask_plainqueue.statements import ClaimedTask
-from flask_plainqueue.statements import ClaimRequest
-from flask_plainqueue.statements import Outcomes
 
 UTC = datetime.timezone.utc
 

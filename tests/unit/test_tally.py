@@ -11,10 +11,10 @@ import pytest
 
 from flask_plainqueue import tally
 from flask_plainqueue.batches import count
+from flask_plainqueue.claims import Failure
 from flask_plainqueue.runner import COMMITTED
 from flask_plainqueue.runner import COMPLETED
 from flask_plainqueue.runner import SETTLED
-from flask_plainqueue.statements import Failure
 from flask_plainqueue.tally import Counts
 from flask_plainqueue.tally import Tally
 
