@@ -63,8 +63,11 @@ class Listener(WatcherThread):
         channel: str | None = None,
     ) -> None:
         super().__init__(backend, on_notify, name=name)
-        #: The channel listened on (default: the backend's, for new tasks).
-        self.channel = channel or backend.channel
+        # The channel's SQL (default: the backend's, for new tasks), asked for
+        # on each connection: it depends on the connection's search_path.
+        self._channel_sql = channel or backend.channel
+        #: The channel listened on, once connected.
+        self.channel = ""
         self._listening = threading.Event()
         # A self-pipe cuts the wait in select() short when stop() is called.
         self._wake_r, self._wake_w = os.pipe()
@@ -185,6 +188,7 @@ class Listener(WatcherThread):
         # Notifications that arrive while psycopg itself reads (during LISTEN and
         # the health check) go to its handlers, not to the loop in _listen.
         conn.add_notify_handler(lambda n: self._call(n.payload))
+        (self.channel,) = conn.execute(f"SELECT {self._channel_sql}").fetchone()
         conn.execute(self._listen_sql())
 
     def _listen(self) -> None:

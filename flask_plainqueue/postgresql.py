@@ -126,17 +126,18 @@ class PostgreSQLBackend(Backend):
 
     def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
         super().__init__(*args, **kwargs)
-        #: The LISTEN/NOTIFY channel of this table.
-        self.channel = self.statements.table.name[:63]
-        #: The channel on which changes of stored tasks (progress, kept
-        #: results, failures) are announced, with their ids, for streams.
-        self.changes_channel = f"{self.statements.table.name[:55]}_changes"
+        table = self.statements.table.name
+        #: The SQL of this table's LISTEN/NOTIFY channel (see :func:`channel_sql`).
+        self.channel = channel_sql(table)
+        #: The SQL of the channel on which changes of stored tasks (progress,
+        #: kept results, failures) are announced, with their ids, for streams.
+        self.changes_channel = channel_sql(table, "_changes")
         #: Whether inserts send NOTIFY (``PLAINQUEUE_NOTIFY``), and progress
         #: and settles on :attr:`changes_channel`.
         self.notifies = self.config.notify
         c = self.statements.table.c
         self._notify_columns: tuple[sa.ColumnElement[t.Any], ...] = (
-            (sa.func.pg_notify(sa.literal(self.channel, sa.Text), c.queue),)
+            (sa.func.pg_notify(sa.literal_column(self.channel, sa.Text), c.queue),)
             if self.notifies
             else ()
         )
@@ -152,7 +153,8 @@ class PostgreSQLBackend(Backend):
     def notify(self, conn: Connection) -> None:
         if self.notifies:
             # Delivered at commit; the empty payload wakes workers of any queue.
-            conn.execute(sa.select(sa.func.pg_notify(self.channel, "")))
+            channel = sa.literal_column(self.channel, sa.Text)
+            conn.execute(sa.select(sa.func.pg_notify(channel, "")))
 
     def enqueue(self, rows: Sequence[t.Mapping[str, t.Any]]) -> list[int] | None:
         # One INSERT is atomic by itself, of one row or (see insert_many) of
@@ -376,13 +378,38 @@ class PostgreSQLBackend(Backend):
         if not self.notifies or not ids:
             return
         # A payload holds at most 8000 bytes: a few hundred ids each.
+        channel = sa.literal_column(self.changes_channel, sa.Text)
         for start in range(0, len(ids), _IDS_PER_NOTIFY):
             payload = ",".join(str(i) for i in ids[start : start + _IDS_PER_NOTIFY])
-            conn.execute(sa.select(sa.func.pg_notify(self.changes_channel, payload)))
+            conn.execute(sa.select(sa.func.pg_notify(channel, payload)))
 
     def is_missing_table(self, exc: BaseException) -> bool:
         orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
         return getattr(orig, "sqlstate", None) == UNDEFINED_TABLE
+
+
+def channel_sql(table: str, suffix: str = "") -> str:
+    """The SQL of the NOTIFY channel of ``table``: ``schema.table`` and
+    ``suffix``, worked out by the server where the table resolves on the
+    connection's ``search_path`` (its first schema while the table does not
+    exist yet). Tables of one name in two schemas of a database (a schema per
+    tenant, staging beside production) then wake only their own workers. A
+    name past PostgreSQL's 63 bytes becomes an md5 of it.
+
+    SQL, not a name: the enqueue sends it inside its INSERT, and the listener
+    asks for it when it connects, so neither needs a round trip of its own.
+    """
+    name = "'" + table.replace("'", "''") + "'"
+    schema = (
+        "(SELECT c.relnamespace::regnamespace::text FROM pg_catalog.pg_class c"
+        f" WHERE c.oid = pg_catalog.to_regclass(pg_catalog.quote_ident({name})))"
+    )
+    full = f"(coalesce({schema}, current_schema(), '') || '.' || {name})"
+    limit = 63 - len(suffix)
+    return (
+        f"(CASE WHEN pg_catalog.octet_length({full}) <= {limit} THEN {full}"
+        f" ELSE pg_catalog.md5({full}) END || '{suffix}')"
+    )
 
 
 #: Task ids per change notification (each at most 20 characters and a comma).

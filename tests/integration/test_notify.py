@@ -38,9 +38,8 @@ class Side(t.NamedTuple):
 
 @pytest.fixture
 def table() -> str:
-    """A queue table name of this test's own. The NOTIFY channel is named after
-    the table and is one per database, not per schema: with the default name,
-    concurrent test runs in other schemas would be heard too."""
+    """A queue table name of this test's own, so that nothing but this test
+    is heard on its NOTIFY channel (``schema.table``)."""
     return f"pq_notify_{uuid.uuid4().hex[:12]}"
 
 
