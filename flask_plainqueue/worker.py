@@ -22,6 +22,7 @@ from .batches import collect
 from .batches import count
 from .batches import STOP_CHECK_INTERVAL
 from .claim_failures import ClaimFailures
+from .claimable import Claimable
 from .claims import ClaimRequest
 from .claims import Outcomes
 from .clock import as_utc
@@ -29,7 +30,6 @@ from .clock import Clock
 from .exceptions import ConfigurationError
 from .leases import Leases
 from .presence import Presence
-from .roster import Paused
 from .runner import TaskRunner
 from .scheduler import Scheduler
 from .store import AppParts
@@ -42,7 +42,6 @@ if t.TYPE_CHECKING:
     from flask import Flask
 
     from .backend import Watcher
-    from .tasks import TaskDefinition
 
 logger = logging.getLogger(__name__)
 
@@ -93,25 +92,15 @@ class Worker:
         self.db = parts.db
         self.store = store = parts.store
         self.registry = parts.registry
-        # What a claim asks for, kept until a task is registered or the
-        # pauses change: (registry version and pauses, definitions by name,
-        # names, batch sizes).
-        self._claimable: tuple[
-            tuple[int, Paused | None],
-            dict[str, TaskDefinition[t.Any, t.Any]],
-            tuple[str, ...],
-            dict[str, int],
-        ] = ((-1, None), {}, (), {})
         # When a claim last handed back expired leases (store clock); None:
-        # the next claim does. Once per poll interval is enough: a killed
-        # worker's tasks run again within one lease plus one poll.
+        # the next claim does.
         self._swept: datetime.datetime | None = None
-        self._sweep_every = datetime.timedelta(seconds=1)
         self.config = config = parts.config
         self.concurrency = concurrency or config.concurrency
         self.queues = list(queues) if queues else None
         #: The task names this worker claims; ``None``: every registered one.
         self.tasks = None if tasks is None else frozenset(tasks)
+        self._claimable = Claimable(self.registry, config, self.tasks)
         self.clock = clock or store.clock
         #: Recorded as ``lease_owner`` on the rows this worker claims.
         self.id = worker_id or new_worker_id()
@@ -408,10 +397,10 @@ class Worker:
                         # A commit wakes this loop at once; the poll is only for
                         # delayed tasks, retries and expired leases, which send
                         # no notification.
-                        idle = self._poll_interval()
+                        idle = self._claimable.poll_interval()
                     wake.wait(idle)
                     wake.clear()
-                    idle = min(idle * 2, self._poll_interval())
+                    idle = min(idle * 2, self._claimable.poll_interval())
         finally:
             try:
                 self._unwritten.settle(outcomes, self.clock())
@@ -435,14 +424,6 @@ class Worker:
             return
         self.wake()
 
-    def _poll_interval(self) -> float:
-        intervals = [
-            d.options.poll_interval
-            for d in self.registry
-            if d.options.poll_interval is not None
-        ]
-        return min([self.config.poll_interval, *intervals])
-
     # -- one batch ------------------------------------------------------------
 
     def _cycle(self, outcomes: Outcomes, now: datetime.datetime | None) -> int:
@@ -461,21 +442,8 @@ class Worker:
             self._unwritten.settle(outcomes, claim_time)
             self._unwritten.written()
         paused = self.presence.paused
-        if self._claimable[0] != (self.registry.version, paused):
-            definitions = {
-                d.name: d
-                for d in self.registry
-                if (self.tasks is None or d.name in self.tasks)
-                and not paused.holds(d.name, d.options.queue)
-            }
-            self._claimable = (
-                (self.registry.version, paused),
-                definitions,
-                tuple(sorted(definitions)),
-                {n: d.options.batch_size for n, d in definitions.items()},
-            )
-            self._sweep_every = datetime.timedelta(seconds=self._poll_interval())
-        _, definitions, names, batch_sizes = self._claimable
+        claim = self._claimable.now(paused)
+        definitions, names = claim.definitions, claim.names
         if not names and paused:
             # Everything this worker knows is paused; finished work is still
             # written.
@@ -487,13 +455,13 @@ class Worker:
         sweep = (
             swept is None
             or claim_time < swept
-            or claim_time - swept >= self._sweep_every
+            or claim_time - swept >= claim.sweep_every
         ) and self._unwritten.may_sweep()
         tasks = self.store.claim(
             ClaimRequest(
                 owner=self.id,
                 names=names,
-                batch_sizes=batch_sizes,
+                batch_sizes=claim.batch_sizes,
                 now=claim_time,
                 until=claim_time + self._lease,
                 queues=self.queues,
