@@ -76,6 +76,9 @@ OURS = "benchmarks.impl_ours"
 HUEY = "benchmarks.impl_huey"
 RAW = "benchmarks.impl_raw"
 PGQ = "benchmarks.impl_pg"
+#: The opt-in mode whose commits of the worker's own writes do not wait for
+#: PostgreSQL's WAL flush (docs/scaling.rst says what it risks).
+PG_COMMIT_OFF = "PLAINQUEUE_POSTGRESQL_SYNCHRONOUS_COMMIT='off'"
 STREAM = "benchmarks.impl_stream"
 
 
@@ -284,12 +287,47 @@ def scenarios(s: Settings) -> list[Scenario]:
         ),
         Scenario(
             "process",
+            "process-pg-b1",
+            "PostgreSQL: one worker process, batch_size=1",
+            ("rate",),
+            (
+                Contender(
+                    ours, f"{OURS}:process", {"n": n // 5, "batch": 1, **pg}, "ours"
+                ),
+                Contender(
+                    f"{ours}, {PG_COMMIT_OFF}",
+                    f"{OURS}:process",
+                    {"n": n // 5, "batch": 1, "pg_commit": "off", **pg},
+                    "ours",
+                ),
+                Contender(
+                    "raw psycopg claim/delete loop",
+                    f"{RAW}:process",
+                    {"n": n // 5, "batch": 1, **pg},
+                    "reference",
+                ),
+                Contender(
+                    "pgqueuer, batch_size=1",
+                    f"{PGQ}:pgqueuer_process",
+                    {"n": n // 5, "batch": 1, **pg},
+                ),
+            ),
+            primary=ours,
+        ),
+        Scenario(
+            "process",
             "process-pg-b100",
             "PostgreSQL: one worker process, batch_size=100",
             ("rate",),
             (
                 Contender(
                     ours, f"{OURS}:process", {"n": n, "batch": 100, **pg}, "ours"
+                ),
+                Contender(
+                    f"{ours}, {PG_COMMIT_OFF}",
+                    f"{OURS}:process",
+                    {"n": n, "batch": 100, "pg_commit": "off", **pg},
+                    "ours",
                 ),
                 Contender(
                     "raw psycopg claim/delete loop",
@@ -348,6 +386,12 @@ def scenarios(s: Settings) -> list[Scenario]:
                     f"{ours}, `flask queue work`",
                     f"{OURS}:latency",
                     {"samples": s.samples, "mode": "process", **pg},
+                    "ours",
+                ),
+                Contender(
+                    f"{ours}, `flask queue work`, {PG_COMMIT_OFF}",
+                    f"{OURS}:latency",
+                    {"samples": s.samples, "mode": "process", "pg_commit": "off", **pg},
                     "ours",
                 ),
                 Contender(

@@ -167,6 +167,7 @@ def process(
     malloc_trim: int | None = None,
     task: str = "noop",
     accounts: int = 0,
+    pg_commit: str | None = None,
 ) -> dict[str, t.Any]:
     """``processes`` × ``flask queue work --burst`` over ``n`` waiting tasks."""
     with _database(workdir, engine, pg_url) as uri:
@@ -195,6 +196,7 @@ def process(
             "BENCH_BATCH": batch,
             "BENCH_SYNC": sync,
             "MALLOC_TRIM_THRESHOLD_": malloc_trim,
+            "BENCH_PG_COMMIT": pg_commit,
         }
         start, results = _run_workers(
             workdir,
@@ -265,6 +267,7 @@ def latency(
     mode: str,
     engine: str = "sqlite",
     pg_url: str | None = None,
+    pg_commit: str | None = None,
 ) -> dict[str, t.Any]:
     """Enqueue-to-start latency of a task: ``mode="embedded"`` runs the worker as a
     thread of this (the enqueuing) process, ``"process"`` in ``flask queue work``."""
@@ -288,7 +291,13 @@ def latency(
         else:
             barrier_dir = workdir / "barrier"
             barrier_dir.mkdir()
-            env = _env(workdir, uri, BENCH_TASK="latency", BENCH_UDP_PORT=port)
+            env = _env(
+                workdir,
+                uri,
+                BENCH_TASK="latency",
+                BENCH_UDP_PORT=port,
+                BENCH_PG_COMMIT=pg_commit,
+            )
             log = workdir / "worker.log"
             worker = procs.start([*WORK, "--log-level", "WARNING"], env, log)
             try:

@@ -117,6 +117,7 @@ def create_app() -> Flask:
         # One claim loop, as the peers run one thread.
         PLAINQUEUE_CONCURRENCY=int(os.environ.get("BENCH_CONCURRENCY", "1")),
         PLAINQUEUE_KEEP_SUCCEEDED=float(os.environ.get("BENCH_KEEP", "0")),
+        PLAINQUEUE_POSTGRESQL_SYNCHRONOUS_COMMIT=os.environ.get("BENCH_PG_COMMIT"),
     )
     db.init_app(app)
     queue.init_app(app)

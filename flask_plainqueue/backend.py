@@ -118,10 +118,16 @@ class Backend:
     # -- transactions -------------------------------------------------------
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[Connection]:
-        """A connection in a write transaction that commits on success."""
+    def write(self, *, bookkeeping: bool = False) -> Iterator[Connection]:
+        """A connection in a write transaction that commits on success.
+
+        :param bookkeeping: the worker's own claim, settle, lease extension or
+            hand-back (see :meth:`begin_bookkeeping`).
+        """
         with self.engine.connect() as conn:
             self.begin_write(conn)
+            if bookkeeping:
+                self.begin_bookkeeping(conn)
             try:
                 yield conn
             except BaseException:
@@ -131,6 +137,11 @@ class Backend:
 
     def begin_write(self, conn: Connection) -> None:
         """Begin a write transaction on ``conn``."""
+
+    def begin_bookkeeping(self, conn: Connection) -> None:
+        """Set up a write transaction of the worker's own bookkeeping, which a
+        lost commit can only make due or run again (at-least-once allows it);
+        on PostgreSQL, its ``synchronous_commit``."""
 
     def begin_session_write(self, session: Session, *, discard: bool) -> None:
         """Make the session's transaction a write transaction now.

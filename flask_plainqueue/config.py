@@ -27,6 +27,7 @@ DEFAULTS: Mapping[str, t.Any] = {
     "PLAINQUEUE_WORKER_TIMEOUT": 60.0,
     "PLAINQUEUE_SQLITE_SYNCHRONOUS": "NORMAL",
     "PLAINQUEUE_SQLITE_BUSY_TIMEOUT": 30.0,
+    "PLAINQUEUE_POSTGRESQL_SYNCHRONOUS_COMMIT": None,
     "PLAINQUEUE_KEEP_FAILED": 30 * 24 * 3600.0,
     "PLAINQUEUE_KEEP_SUCCEEDED": 0.0,
     "PLAINQUEUE_KEEP_STATS": 7 * 24 * 3600.0,
@@ -53,6 +54,8 @@ RANGES: Mapping[str, tuple[float, float]] = {
 }
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+#: PostgreSQL's values of ``synchronous_commit``.
+_SYNCHRONOUS_COMMIT = ("on", "off", "local", "remote_write", "remote_apply")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +80,9 @@ class QueueConfig:
     worker_timeout: float = 60.0
     sqlite_synchronous: str = "NORMAL"
     sqlite_busy_timeout: float = 30.0
+    #: PostgreSQL's ``synchronous_commit`` for the worker's own claims, settles,
+    #: lease extensions and hand-backs; ``None`` leaves the server's setting.
+    postgresql_synchronous_commit: str | None = None
     #: Seconds dead tasks are kept before the worker prunes them; ``None`` keeps.
     keep_failed: float | None = 30 * 24 * 3600.0
     #: Seconds a succeeded task is kept with its result (the default of each
@@ -111,6 +117,14 @@ class QueueConfig:
             raise ConfigurationError(
                 f"PLAINQUEUE_SQLITE_SYNCHRONOUS must be one of {', '.join(_SYNCHRONOUS)},"
                 f" got {sync!r}."
+            )
+        commit = c["PLAINQUEUE_POSTGRESQL_SYNCHRONOUS_COMMIT"]
+        if commit is not None and (
+            not isinstance(commit, str) or commit.lower() not in _SYNCHRONOUS_COMMIT
+        ):
+            raise ConfigurationError(
+                "PLAINQUEUE_POSTGRESQL_SYNCHRONOUS_COMMIT must be None (the server's"
+                f" setting) or one of {', '.join(_SYNCHRONOUS_COMMIT)}, got {commit!r}."
             )
         table = c["PLAINQUEUE_TABLE"]
         if (
@@ -178,6 +192,7 @@ class QueueConfig:
             worker_timeout=worker_timeout,
             sqlite_synchronous=sync.upper(),
             sqlite_busy_timeout=_seconds(c, "PLAINQUEUE_SQLITE_BUSY_TIMEOUT"),
+            postgresql_synchronous_commit=None if commit is None else commit.lower(),
             keep_failed=(
                 None if keep_failed is None else _seconds(c, "PLAINQUEUE_KEEP_FAILED")
             ),

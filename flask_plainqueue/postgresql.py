@@ -143,12 +143,21 @@ class PostgreSQLBackend(Backend):
         )
         self._statements: dict[t.Hashable, sa.Executable] = {}
         self._clock = DatabaseClock(self.engine)
+        commit = self.config.postgresql_synchronous_commit
+        # One of a fixed list of words (QueueConfig checks it): safe to inline.
+        self._bookkeeping_sql = (
+            None if commit is None else f"SET LOCAL synchronous_commit = {commit}"
+        )
 
     def insert_columns(self) -> tuple[sa.ColumnElement[t.Any], ...]:
         return self._notify_columns
 
     def clock(self) -> Clock:
         return self._clock
+
+    def begin_bookkeeping(self, conn: Connection) -> None:
+        if self._bookkeeping_sql is not None:
+            conn.exec_driver_sql(self._bookkeeping_sql)
 
     def notify(self, conn: Connection) -> None:
         if self.notifies:
@@ -274,6 +283,7 @@ class PostgreSQLBackend(Backend):
                 # them on every claim, and their plans do not depend on the
                 # values.
                 conn.exec_driver_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+                self.begin_bookkeeping(conn)
                 if outcomes:
                     self.settle_on(conn, request.owner, outcomes, request.now)
                 if request.sweep:

@@ -99,9 +99,10 @@ class Store:
 
     # -- transactions -------------------------------------------------------
 
-    def write(self) -> t.ContextManager[Connection]:
-        """A connection in a write transaction that commits on success."""
-        return self.backend.write()
+    def write(self, *, bookkeeping: bool = False) -> t.ContextManager[Connection]:
+        """A connection in a write transaction that commits on success
+        (:meth:`.Backend.write`)."""
+        return self.backend.write(bookkeeping=bookkeeping)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
@@ -235,7 +236,7 @@ class Store:
         others' outcomes are dropped: fenced by owner and attempt)."""
         if not outcomes:
             return 0
-        with self.write() as conn:
+        with self.write(bookkeeping=True) as conn:
             written = self.backend.settle_on(conn, owner, outcomes, now)
         outcomes.clear()
         return written
@@ -286,7 +287,7 @@ class Store:
         """Move the lease of running tasks to ``until``; returns how many held."""
         if not ids:
             return 0
-        with self.write() as conn:
+        with self.write(bookkeeping=True) as conn:
             result = conn.execute(
                 self.statements.extend,
                 {"owner": owner, "ids": list(ids), "until": until},
@@ -297,7 +298,7 @@ class Store:
         """Hand back tasks this worker will not finish: due at once, for anyone."""
         if not ids:
             return 0
-        with self.write() as conn:
+        with self.write(bookkeeping=True) as conn:
             result = conn.execute(
                 self.statements.release, {"owner": owner, "ids": list(ids), "now": now}
             )

@@ -31,6 +31,9 @@ def test_defaults_are_seeded_into_app_config(unopened_uri: str, tmp_path: Path) 
         ("PLAINQUEUE_TASKS", 5),
         ("PLAINQUEUE_CONCURRENCY", 0),
         ("PLAINQUEUE_SQLITE_SYNCHRONOUS", "SOMETIMES"),
+        ("PLAINQUEUE_POSTGRESQL_SYNCHRONOUS_COMMIT", "NORMAL"),
+        ("PLAINQUEUE_POSTGRESQL_SYNCHRONOUS_COMMIT", False),
+        ("PLAINQUEUE_POSTGRESQL_SYNCHRONOUS_COMMIT", "off; DROP TABLE x"),
         ("PLAINQUEUE_TABLE", "drop table; --"),
         ("PLAINQUEUE_SHUTDOWN_GRACE", -5),
         # Ranges: a number that cannot be meant is refused, not clamped.
@@ -72,6 +75,7 @@ def test_values_at_the_limits_are_accepted(unopened_uri: str, tmp_path: Path) ->
         PLAINQUEUE_KEEP_FAILED=100 * 365 * 86400,
         PLAINQUEUE_TABLE="t" * 40,
         PLAINQUEUE_SQLITE_SYNCHRONOUS="full",
+        PLAINQUEUE_POSTGRESQL_SYNCHRONOUS_COMMIT="Remote_Write",
         PLAINQUEUE_TASKS="json.decoder",
     )
     settings = queue.settings(app)
@@ -79,6 +83,7 @@ def test_values_at_the_limits_are_accepted(unopened_uri: str, tmp_path: Path) ->
     assert settings.concurrency == 256
     assert settings.table == "t" * 40
     assert settings.sqlite_synchronous == "FULL"
+    assert settings.postgresql_synchronous_commit == "remote_write"
     assert settings.tasks == ("json.decoder",)
     assert queue.Task.__table__.name == "t" * 40
 
