@@ -270,6 +270,60 @@ def test_workers_survive_a_server_restart(procs: Procs, pg_app: PgApp) -> None:
     _stop(workers)
 
 
+def _crash_server() -> None:
+    """Stop the server as a crash would (``immediate``: no checkpoint, WAL
+    buffers not yet written are lost, recovery at start) and start it again."""
+    version = os.listdir("/etc/postgresql")[0]
+    for action in (["stop", "--mode", "immediate"], ["start"]):
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", *action],
+            check=True,
+            timeout=120,
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.server_control
+@pytest.mark.skipif(
+    not SERVER_CONTROL,
+    reason="crashes the PostgreSQL server: set PLAINQUEUE_TEST_SERVER_CONTROL=1",
+)
+def test_asynchronous_worker_commits_lose_nothing_enqueued_in_a_server_crash(
+    procs: Procs, pg_app: PgApp
+) -> None:
+    """With PLAINQUEUE_POSTGRESQL_SYNCHRONOUS_COMMIT='off' a server crash may
+    forget the workers' last claims and settles (a task may run again), but
+    every task enqueued before or after it runs, and the workers go on."""
+    first, second = 2000, 500
+    env = {
+        "PGAPP_BATCH_SIZE": "5",
+        "PGAPP_SLEEP": "0.002",
+        "PGAPP_POOL_SIZE": "3",
+        "PLAINQUEUE_CONCURRENCY": "1",
+        "PLAINQUEUE_LEASE_SECONDS": "10",
+        "PLAINQUEUE_POSTGRESQL_SYNCHRONOUS_COMMIT": "off",
+    }
+    workers = [pg_app.start_worker(procs, **env) for _ in range(3)]
+    wait_for(lambda: pg_app.listening() == 3, LONG, message="3 workers listening")
+    pg_app.perform_many([f"a{i}" for i in range(first)])
+    wait_for(
+        lambda: pg_app.scalar("SELECT count(*) FROM pg_runs") >= 300,
+        LONG,
+        message=pg_app.progress,
+    )
+    _crash_server()
+    with pg_app.app.app_context():
+        pg_app.module.db.engine.dispose()
+    wait_for(lambda: pg_app.listening() == 3, LONG, message="3 workers listening again")
+    pg_app.perform_many([f"b{i}" for i in range(second)])
+    # Every key ran at least once (runs > 1 is allowed in this mode) and no
+    # row is left behind.
+    wait_for(lambda: pg_app.all_done(first + second), LONG, message=pg_app.progress)
+    for proc in workers:
+        assert proc.returncode is None, proc.output()
+    _stop(workers)
+
+
 def test_idle_worker_picks_up_a_task_long_before_its_poll(
     procs: Procs, pg_app: PgApp
 ) -> None:
