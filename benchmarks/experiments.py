@@ -13,6 +13,12 @@ costs. ``python -m benchmarks.experiments MODE``:
     psycopg against PostgreSQL, back to back and after 100 ms idle: ``SELECT
     1``, an autocommitted ``INSERT``, and a claim-like transaction in three
     round trips and in one pipelined one.
+``claim-cost URL``
+    The PostgreSQL claim alone (batch 1, each claim settling the last), with
+    25 names and 100,000 due tasks of one name or spread unevenly, against 1
+    name and 1,000 due, in alternating fresh processes; the worker's commits
+    do not wait for the WAL flush here, so the flush's noise does not hide the
+    statements' cost (target 1).
 ``pg-pickup URL``
     Our pickup on PostgreSQL traced from both processes on the monotonic clock
     they share: the enqueue, the NOTIFY's arrival, the claim, the task's start.
@@ -232,6 +238,91 @@ def pg_pickup(url: str) -> None:
         print(f"{name}: p50 {statistics.median(values):.2f} ms (n={len(values)})")
 
 
+#: The layouts of ``claim-cost``: (task names, due tasks, spread over the names).
+_LAYOUTS = {
+    "1 name, 1,000 due": (1, 1_000, False),
+    "25 names, 100,000 due, all of one name": (25, 100_000, False),
+    "25 names, 100,000 due, spread unevenly": (25, 100_000, True),
+}
+
+
+def claim_cost(url: str, rounds: int = 3) -> None:
+    results: dict[str, list[float]] = {layout: [] for layout in _LAYOUTS}
+    for r in range(rounds):
+        order = list(_LAYOUTS) if r % 2 == 0 else list(reversed(_LAYOUTS))
+        for layout in order:
+            out = subprocess.run(
+                [sys.executable, "-m", "benchmarks.experiments", "_claims", url]
+                + [layout],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            results[layout].append(float(out.split()[-1]))
+    base = statistics.median(results[next(iter(_LAYOUTS))])
+    for layout, values in results.items():
+        median = statistics.median(values)
+        print(
+            f"{layout}: claim p50 {median:.0f} us"
+            f" (rounds {', '.join(f'{v:.0f}' for v in values)});"
+            f" {base / median:.2f}x the first"
+        )
+
+
+def _claims(url: str, layout: str, take: int = 1_000) -> None:
+    from flask_plainqueue.claims import ClaimRequest
+    from flask_plainqueue.claims import Outcomes
+
+    from . import impl_ours
+
+    names, due, spread = _LAYOUTS[layout]
+    with impl_ours._database(Path(tempfile.mkdtemp()), "postgresql", url) as uri:
+        app = impl_ours._app(
+            uri, BENCH_TASK="noop", BENCH_NAMES=names, BENCH_PG_COMMIT="off"
+        )
+        from . import ourapp
+
+        all_names = sorted(ourapp.queue.registry.names())
+        first = ourapp.TASK_NAME
+        rng = random.Random(12)
+        weights = [1 / (i + 1) for i in range(names)]
+        with app.app_context():
+            for start in range(0, due, 10_000):
+                count = min(10_000, due - start)
+                chosen = (
+                    rng.choices(
+                        [first, *sorted(set(all_names) - {first})], weights, k=count
+                    )
+                    if spread
+                    else [first] * count
+                )
+                for name in set(chosen):
+                    ourapp.queue.perform_many(name, [{"i": 0}] * chosen.count(name))
+            with ourapp.db.engine.connect().execution_options(
+                isolation_level="AUTOCOMMIT"
+            ) as conn:
+                conn.exec_driver_sql("VACUUM ANALYZE plainqueue_tasks")
+            store = ourapp.queue.store(app)
+            outcomes, times = Outcomes(), []
+            for _ in range(take):
+                now = datetime.datetime.now(datetime.timezone.utc)
+                request = ClaimRequest(
+                    owner="experiment",
+                    names=all_names,
+                    batch_sizes=dict.fromkeys(all_names, 1),
+                    now=now,
+                    until=now + datetime.timedelta(seconds=60),
+                    sweep=False,
+                )
+                started = time.perf_counter()
+                tasks = store.claim(request, outcomes)
+                times.append(time.perf_counter() - started)
+                outcomes.completed.extend((task.id, task.attempts) for task in tasks)
+            ourapp.db.engine.dispose()
+    # The first fifth warms caches and prepares the statements.
+    print(statistics.median(times[take // 5 :]) * 1e6)
+
+
 def _traced_worker(trace: str) -> None:
     from flask_plainqueue import store
     from flask_plainqueue import worker as worker_module
@@ -271,6 +362,10 @@ def main() -> None:
         round_trips(args[0] if args else "postgresql://postgres@127.0.0.1:5432/test")
     elif mode == "pg-pickup":
         pg_pickup(args[0] if args else "postgresql://postgres@127.0.0.1:5432/test")
+    elif mode == "claim-cost":
+        claim_cost(args[0] if args else "postgresql://postgres@127.0.0.1:5432/test")
+    elif mode == "_claims":
+        _claims(args[0], args[1])
     elif mode == "_traced-worker":
         _traced_worker(args[0])
     else:
