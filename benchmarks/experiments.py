@@ -282,26 +282,9 @@ def _claims(url: str, layout: str, take: int = 1_000) -> None:
         )
         from . import ourapp
 
+        impl_ours.fill_names(app, names, due, spread, vacuum=True)
         all_names = sorted(ourapp.queue.registry.names())
-        first = ourapp.TASK_NAME
-        rng = random.Random(12)
-        weights = [1 / (i + 1) for i in range(names)]
         with app.app_context():
-            for start in range(0, due, 10_000):
-                count = min(10_000, due - start)
-                chosen = (
-                    rng.choices(
-                        [first, *sorted(set(all_names) - {first})], weights, k=count
-                    )
-                    if spread
-                    else [first] * count
-                )
-                for name in set(chosen):
-                    ourapp.queue.perform_many(name, [{"i": 0}] * chosen.count(name))
-            with ourapp.db.engine.connect().execution_options(
-                isolation_level="AUTOCOMMIT"
-            ) as conn:
-                conn.exec_driver_sql("VACUUM ANALYZE plainqueue_tasks")
             store = ourapp.queue.store(app)
             outcomes, times = Outcomes(), []
             for _ in range(take):

@@ -373,6 +373,36 @@ def cpu_seconds(pid: int) -> float:
 # -- case 5: scale ----------------------------------------------------------------
 
 
+def fill_names(app: t.Any, names: int, due: int, spread: bool, *, vacuum: bool) -> None:
+    """Enqueue ``due`` tasks of the first of ``names`` task names, or
+    ``spread`` unevenly over them (name ``i`` gets a share proportional to
+    ``1 / (i + 1)``); ``vacuum`` runs ``VACUUM ANALYZE`` afterwards, as
+    PostgreSQL's autovacuum does to a table that grew this much."""
+    from . import ourapp
+
+    all_names = [TASK_NAME] + [f"{TASK_NAME}_{i:02d}" for i in range(names - 1)]
+    rng = random.Random(12)
+    weights = [1 / (i + 1) for i in range(names)]
+    with app.app_context():
+        for start in range(0, due, 10_000):
+            count = min(10_000, due - start)
+            chosen = (
+                rng.choices(all_names, weights, k=count)
+                if spread
+                else [TASK_NAME] * count
+            )
+            by_name: dict[str, list[t.Any]] = {}
+            for i, name in enumerate(chosen):
+                by_name.setdefault(name, []).append({"i": start + i})
+            for name, items in by_name.items():
+                ourapp.queue.perform_many(name, items)
+        if vacuum:
+            with ourapp.db.engine.connect().execution_options(
+                isolation_level="AUTOCOMMIT"
+            ) as conn:
+                conn.exec_driver_sql("VACUUM ANALYZE plainqueue_tasks")
+
+
 def names(
     *,
     workdir: Path,
@@ -393,28 +423,8 @@ def names(
         app = _app(uri, BENCH_TASK="count", BENCH_BATCH=batch, BENCH_NAMES=names)
         from . import ourapp
 
-        all_names = [TASK_NAME] + [f"{TASK_NAME}_{i:02d}" for i in range(names - 1)]
-        rng = random.Random(12)
-        weights = [1 / (i + 1) for i in range(names)]
+        fill_names(app, names, due, spread, vacuum=engine == "postgresql")
         with app.app_context():
-            for start in range(0, due, 10_000):
-                count = min(10_000, due - start)
-                chosen = (
-                    rng.choices(all_names, weights, k=count)
-                    if spread
-                    else [TASK_NAME] * count
-                )
-                by_name: dict[str, list[t.Any]] = {}
-                for i, name in enumerate(chosen):
-                    by_name.setdefault(name, []).append({"i": start + i})
-                for name, items in by_name.items():
-                    ourapp.queue.perform_many(name, items)
-            if engine == "postgresql":
-                # What autovacuum does to a table that grew this much.
-                with ourapp.db.engine.connect().execution_options(
-                    isolation_level="AUTOCOMMIT"
-                ) as conn:
-                    conn.exec_driver_sql("VACUUM ANALYZE plainqueue_tasks")
             ourapp.db.engine.dispose()
         rates = _steady_rate(
             workdir,

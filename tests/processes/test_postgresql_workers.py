@@ -214,13 +214,52 @@ def test_killed_workers_tasks_run_again_after_the_lease(
     _stop([survivor])
 
 
-def _restart_server() -> None:
+def _pg_ctl(*actions: list[str]) -> None:
     version = os.listdir("/etc/postgresql")[0]
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
-        check=True,
-        timeout=120,
+    for action in actions:
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", *action],
+            check=True,
+            timeout=120,
+        )
+
+
+def _through_an_outage(
+    procs: Procs,
+    pg_app: PgApp,
+    env: dict[str, str],
+    count: int,
+    outage: t.Callable[[], None],
+) -> list[Proc]:
+    """``count`` workers run 2,000 tasks, ``outage`` strikes the server after
+    300 of them, 500 more are enqueued once every worker LISTENs again; returns
+    the workers, still running, when every task has run and no row is left."""
+    first, second = 2000, 500
+    workers = [pg_app.start_worker(procs, **env) for _ in range(count)]
+    wait_for(
+        lambda: pg_app.listening() == count, LONG, message=f"{count} workers listening"
     )
+    pg_app.perform_many([f"a{i}" for i in range(first)])
+    wait_for(
+        lambda: pg_app.scalar("SELECT count(*) FROM pg_runs") >= 300,
+        LONG,
+        message=pg_app.progress,
+    )
+    outage()
+    with pg_app.app.app_context():
+        # This process's own pool holds connections the outage ended.
+        pg_app.module.db.engine.dispose()
+    # LISTEN comes back by itself, and tasks performed now wake the workers.
+    wait_for(
+        lambda: pg_app.listening() == count,
+        LONG,
+        message=f"{count} workers listening again",
+    )
+    pg_app.perform_many([f"b{i}" for i in range(second)])
+    wait_for(lambda: pg_app.all_done(first + second), LONG, message=pg_app.progress)
+    for proc in workers:
+        assert proc.returncode is None, proc.output()
+    return workers
 
 
 @pytest.mark.slow
@@ -230,7 +269,6 @@ def _restart_server() -> None:
     reason="restarts the PostgreSQL server: set PLAINQUEUE_TEST_SERVER_CONTROL=1",
 )
 def test_workers_survive_a_server_restart(procs: Procs, pg_app: PgApp) -> None:
-    first, second = 2000, 500
     env = {
         "PGAPP_BATCH_SIZE": "20",
         "PGAPP_SLEEP": "0.002",
@@ -240,24 +278,7 @@ def test_workers_survive_a_server_restart(procs: Procs, pg_app: PgApp) -> None:
         # during it is still this worker's when it writes it afterwards.
         "PLAINQUEUE_LEASE_SECONDS": "60",
     }
-    workers = [pg_app.start_worker(procs, **env) for _ in range(4)]
-    wait_for(lambda: pg_app.listening() == 4, LONG, message="4 workers listening")
-    pg_app.perform_many([f"a{i}" for i in range(first)])
-    wait_for(
-        lambda: pg_app.scalar("SELECT count(*) FROM pg_runs") >= 300,
-        LONG,
-        message=pg_app.progress,
-    )
-    _restart_server()
-    with pg_app.app.app_context():
-        # This process's own pool holds connections the restart ended.
-        pg_app.module.db.engine.dispose()
-    # LISTEN comes back by itself, and tasks performed now wake the workers.
-    wait_for(lambda: pg_app.listening() == 4, LONG, message="4 workers listening again")
-    pg_app.perform_many([f"b{i}" for i in range(second)])
-    wait_for(lambda: pg_app.all_done(first + second), LONG, message=pg_app.progress)
-    for proc in workers:
-        assert proc.returncode is None, proc.output()
+    workers = _through_an_outage(procs, pg_app, env, 4, lambda: _pg_ctl(["restart"]))
     assert pg_app.scalar("SELECT count(*) FROM pg_runs WHERE runs > 1") == 0
     for proc in workers:
         err = proc.stderr()
@@ -270,18 +291,6 @@ def test_workers_survive_a_server_restart(procs: Procs, pg_app: PgApp) -> None:
     _stop(workers)
 
 
-def _crash_server() -> None:
-    """Stop the server as a crash would (``immediate``: no checkpoint, WAL
-    buffers not yet written are lost, recovery at start) and start it again."""
-    version = os.listdir("/etc/postgresql")[0]
-    for action in (["stop", "--mode", "immediate"], ["start"]):
-        subprocess.run(
-            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", *action],
-            check=True,
-            timeout=120,
-        )
-
-
 @pytest.mark.slow
 @pytest.mark.server_control
 @pytest.mark.skipif(
@@ -292,9 +301,9 @@ def test_asynchronous_worker_commits_lose_nothing_enqueued_in_a_server_crash(
     procs: Procs, pg_app: PgApp
 ) -> None:
     """With PLAINQUEUE_POSTGRESQL_SYNCHRONOUS_COMMIT='off' a server crash may
-    forget the workers' last claims and settles (a task may run again), but
-    every task enqueued before or after it runs, and the workers go on."""
-    first, second = 2000, 500
+    forget the workers' last claims and settles (a task may run again: runs > 1
+    is allowed), but every task enqueued before or after it runs, and the
+    workers go on."""
     env = {
         "PGAPP_BATCH_SIZE": "5",
         "PGAPP_SLEEP": "0.002",
@@ -303,25 +312,10 @@ def test_asynchronous_worker_commits_lose_nothing_enqueued_in_a_server_crash(
         "PLAINQUEUE_LEASE_SECONDS": "10",
         "PLAINQUEUE_POSTGRESQL_SYNCHRONOUS_COMMIT": "off",
     }
-    workers = [pg_app.start_worker(procs, **env) for _ in range(3)]
-    wait_for(lambda: pg_app.listening() == 3, LONG, message="3 workers listening")
-    pg_app.perform_many([f"a{i}" for i in range(first)])
-    wait_for(
-        lambda: pg_app.scalar("SELECT count(*) FROM pg_runs") >= 300,
-        LONG,
-        message=pg_app.progress,
-    )
-    _crash_server()
-    with pg_app.app.app_context():
-        pg_app.module.db.engine.dispose()
-    wait_for(lambda: pg_app.listening() == 3, LONG, message="3 workers listening again")
-    pg_app.perform_many([f"b{i}" for i in range(second)])
-    # Every key ran at least once (runs > 1 is allowed in this mode) and no
-    # row is left behind.
-    wait_for(lambda: pg_app.all_done(first + second), LONG, message=pg_app.progress)
-    for proc in workers:
-        assert proc.returncode is None, proc.output()
-    _stop(workers)
+    # "immediate" stops the server as a crash would: no checkpoint, WAL not
+    # yet written is lost, and it recovers at start.
+    crash = lambda: _pg_ctl(["stop", "--mode", "immediate"], ["start"])  # noqa: E731
+    _stop(_through_an_outage(procs, pg_app, env, 3, crash))
 
 
 def test_idle_worker_picks_up_a_task_long_before_its_poll(
