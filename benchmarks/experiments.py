@@ -246,7 +246,7 @@ _LAYOUTS = {
 }
 
 
-def claim_cost(url: str, rounds: int = 3) -> None:
+def claim_cost(url: str, rounds: int = 6) -> None:
     results: dict[str, list[float]] = {layout: [] for layout in _LAYOUTS}
     for r in range(rounds):
         order = list(_LAYOUTS) if r % 2 == 0 else list(reversed(_LAYOUTS))
