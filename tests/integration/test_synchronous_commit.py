@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from conftest import create_test_app
 
 from flask_plainqueue import PlainQueue
+from flask_plainqueue.claims import ClaimRequest
 
 TABLE = "plainqueue_tasks"
 
@@ -88,6 +89,14 @@ def _bookkeeping(recorded: Recorded) -> str:
     return recorded.server if setting is None else setting
 
 
+def _run(recorded: Recorded, name: str) -> tuple[int, list[tuple[str, str]]]:
+    """Enqueue a task of ``name`` and run it; its id and the writes of the run."""
+    task_id = recorded.queue.perform(name, 1)
+    recorded.modes()
+    assert recorded.queue.drain(name) == 1
+    return task_id, recorded.modes()
+
+
 @pytest.mark.postgresql
 def test_worker_bookkeeping_commits_with_the_setting_and_enqueues_do_not(
     recorded: Recorded,
@@ -100,10 +109,8 @@ def test_worker_bookkeeping_commits_with_the_setting_and_enqueues_do_not(
         # The claim (an UPDATE), then the settle that deletes the finished task.
         assert recorded.modes() == [("UPDATE", worker), ("DELETE", worker)]
 
-        failing = queue.perform("fails", 1)
-        recorded.modes()
-        assert queue.drain() == 1
-        assert recorded.modes() == [("UPDATE", worker), ("UPDATE", worker)]
+        failing, modes = _run(recorded, "fails")
+        assert modes == [("UPDATE", worker), ("UPDATE", worker)]
         info = queue.get(failing)
         assert info is not None and info.state == "dead"
 
@@ -112,18 +119,11 @@ def test_worker_bookkeeping_commits_with_the_setting_and_enqueues_do_not(
 def test_enqueues_from_tasks_and_atomic_successes_keep_the_servers_setting(
     recorded: Recorded,
 ) -> None:
-    queue, server, worker = recorded.queue, recorded.server, _bookkeeping(recorded)
+    server, worker = recorded.server, _bookkeeping(recorded)
     with recorded.app.app_context():
-        queue.perform("atomic", 1)
-        recorded.modes()
-        assert queue.drain() == 1
         # An atomic task's success deletes its row in the task's own transaction.
-        assert recorded.modes() == [("UPDATE", worker), ("DELETE", server)]
-
-        queue.perform("enqueues", 1)
-        recorded.modes()
-        assert queue.drain("enqueues") == 1
-        assert recorded.modes() == [
+        assert _run(recorded, "atomic")[1] == [("UPDATE", worker), ("DELETE", server)]
+        assert _run(recorded, "enqueues")[1] == [
             ("UPDATE", worker),
             ("INSERT", server),
             ("DELETE", worker),
@@ -139,28 +139,21 @@ def test_lease_extensions_and_hand_backs_commit_with_the_setting(
         (task_id,) = queue.perform_many("ok", [1])
         store = queue.store()
         now = store.clock()
-        claimed = store.claim(_request(queue, now))
-        assert [task.id for task in claimed] == [task_id]
+        request = ClaimRequest(
+            owner="tester",
+            names=("ok",),
+            batch_sizes={"ok": 1},
+            now=now,
+            until=now + datetime.timedelta(seconds=60),
+            sweep=False,
+        )
+        assert [task.id for task in store.claim(request)] == [task_id]
         recorded.modes()
         until = now + datetime.timedelta(seconds=120)
         assert store.extend("tester", [task_id], until) == 1
         assert recorded.modes() == [("UPDATE", worker)]
         assert store.release("tester", [task_id], now) == 1
         assert recorded.modes() == [("UPDATE", worker)]
-
-
-def _request(queue: PlainQueue, now: datetime.datetime) -> t.Any:
-    from flask_plainqueue.claims import ClaimRequest
-
-    return ClaimRequest(
-        owner="tester",
-        names=("ok",),
-        batch_sizes={"ok": 1},
-        now=now,
-        until=now + datetime.timedelta(seconds=60),
-        queues=None,
-        sweep=False,
-    )
 
 
 def test_a_sqlite_app_accepts_the_setting_and_ignores_it(tmp_path: Path) -> None:
