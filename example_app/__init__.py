@@ -20,6 +20,7 @@ import os
 import typing as t
 from collections.abc import Mapping
 
+import sqlalchemy as sa
 from flask import Flask
 
 from .admin import bp as admin_bp
@@ -68,9 +69,23 @@ def create_app(
 
     if app.config["CREATE_TABLES"]:
         with app.app_context():
-            db.create_all()
+            _create_tables()
 
     app.register_blueprint(bp)
     app.register_blueprint(admin_bp)
     app.register_blueprint(reports_bp)
     return app
+
+
+def _create_tables(attempts: int = 5) -> None:
+    """``db.create_all()``, in a process that may start beside others on a new
+    database (gunicorn's workers, ``flask queue work``): each checks which
+    tables exist, then creates the missing ones, so one that lost the race to
+    create a table fails with "already exists". The next attempt finds it."""
+    for attempt in range(attempts):
+        try:
+            db.create_all()
+            return
+        except sa.exc.DatabaseError:
+            if attempt == attempts - 1:
+                raise

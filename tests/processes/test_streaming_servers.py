@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import http.cookiejar
 import json
+import subprocess
 import sys
 import typing as t
 import urllib.parse
@@ -133,3 +134,39 @@ def test_stream_over_http(procs: Procs, tmp_path: Path, kind: str) -> None:
     assert len(done) >= 2 and done[-1] == 30 and done == sorted(set(done))
     ids = [int(e["id"].split(".")[0]) for e in events]
     assert ids == list(range(ids[0], ids[0] + len(ids)))
+
+
+def test_processes_starting_together_on_a_new_database_all_start(
+    tmp_path: Path,
+) -> None:
+    """gunicorn's workers (and a ``flask queue work`` beside them) each run
+    ``create_app()``, whose ``db.create_all()`` raced the others' on a new
+    database: the loser saw "table ... already exists", its worker failed to
+    boot and gunicorn stopped (CI saw the stream test's connection reset)."""
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    go = tmp_path / "go"
+    script = (
+        "import os, pathlib, sys, time\n"
+        "from example_app import create_app\n"
+        f"pathlib.Path({str(tmp_path)!r}, 'ready-' + sys.argv[1]).touch()\n"
+        f"while not os.path.exists({str(go)!r}): time.sleep(0.001)\n"
+        f"create_app(instance_path={str(instance)!r})\n"
+    )
+    env = child_env(PYTHONPATH=str(ROOT))
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(n)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(8)
+    ]
+    # Every child has imported the app and waits at the start line.
+    wait_for(lambda: len(list(tmp_path.glob("ready-*"))) == len(children))
+    go.touch()
+    for child in children:
+        _, err = child.communicate(timeout=TIMEOUT)
+        assert child.returncode == 0, err
